@@ -1,0 +1,54 @@
+"""Augmenter registry: `config.augmenter.name` -> constructor.
+
+Every entry builds an `Augmenter` (see `base.py`) from the config, so new
+augmenters (ResNet-50 encoder-decoder, soft-prompted diffusion) are added here
+without touching the inner or outer loop.
+"""
+
+from __future__ import annotations
+
+from autoaug_jax.augmenters.base import Augmenter, Params
+from autoaug_jax.augmenters.baselines import Duplicate, FixedAugmentation, NoAugmentation
+from autoaug_jax.augmenters.convnet import ConvNetAugmenter
+
+
+def _none(c) -> Augmenter:
+  return NoAugmentation(factor=c.factor)
+
+
+def _duplicate(c) -> Augmenter:
+  return Duplicate(factor=c.factor)
+
+
+def _fixed(c) -> Augmenter:
+  return FixedAugmentation(factor=c.factor, flip=c.fixed.flip, min_crop=c.fixed.min_crop,
+                           noise_std=c.fixed.noise_std)
+
+
+def _convnet(c, frozen: bool | None = None) -> Augmenter:
+  return ConvNetAugmenter(factor=c.factor, frozen=c.frozen if frozen is None else frozen,
+                          noise_std=c.noise_std, latent_channels=c.latent_channels)
+
+
+def _random_convnet(c) -> Augmenter:
+  return _convnet(c, frozen=True)
+
+
+AUGMENTERS = {
+    'none': _none,
+    'duplicate': _duplicate,
+    'fixed': _fixed,
+    'convnet': _convnet,
+    'random_convnet': _random_convnet,
+}
+
+
+def make_augmenter(augmenter_config, name: str | None = None) -> Augmenter:
+  """Builds the augmenter `name` (default `augmenter_config.name`)."""
+  name = name or augmenter_config.name
+  if name not in AUGMENTERS:
+    raise ValueError(f'augmenter.name={name!r} is unknown; choose one of {sorted(AUGMENTERS)}.')
+  return AUGMENTERS[name](augmenter_config)
+
+
+__all__ = ['AUGMENTERS', 'Augmenter', 'Params', 'make_augmenter']

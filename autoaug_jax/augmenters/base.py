@@ -1,0 +1,63 @@
+"""The one interface every augmenter implements (learned, fixed, random, later diffusion).
+
+Data flow: task sampler -> augmenter (this package) -> classifier/inner loop.
+An augmenter maps a support set S to F synthetic images per support image
+(F = `factor`, the paper's augmentation factor, Section 4.4); the inner loop
+trains on S together with S'. Everything is a pure function of
+`(params, images, labels, key)`, so the meta-gradient can flow from the query
+loss back into `params`.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+Params = Any
+
+
+class Augmenter(abc.ABC):
+  """Base class; subclasses are frozen dataclasses (hashable, static under jit).
+
+  Subclasses define `factor`, `frozen` and `synthesize`, and `init` if they
+  have parameters.
+  """
+  factor: int
+  frozen: bool
+
+  def init(self, key: jax.Array, image_shape: tuple[int, int, int]) -> Params:
+    """Parameters for images of `image_shape` (H, W, 3); {} if parameter-free."""
+    del key, image_shape
+    return {}
+
+  @abc.abstractmethod
+  def synthesize(self, params: Params, images: jax.Array, key: jax.Array) -> jax.Array:
+    """images [n, H, W, 3] in [0, 1] -> synthetic [factor, n, H, W, 3] in [0, 1]."""
+
+  def augment(self, params: Params, images: jax.Array, labels: jax.Array,
+              key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Synthetic set S' for support set S.
+
+    Args:
+      params: this augmenter's parameters.
+      images: [n, H, W, 3] float32 in [0, 1].
+      labels: [n] int32.
+      key: PRNG key (noise, random transformations).
+
+    Returns:
+      images [m, H, W, 3] in [0, 1] and labels [m], with m = factor * n
+      (m = 0 for the no-augmentation baseline).
+    """
+    synthetic = self.synthesize(params, images, key)
+    f = synthetic.shape[0]
+    return synthetic.reshape(f * images.shape[0], *images.shape[1:]), jnp.tile(labels, f)
+
+  def trainable_mask(self, params: Params) -> Any:
+    """Pytree of bools like `params`: which leaves the outer optimiser updates."""
+    return jax.tree.map(lambda _: not self.frozen, params)
+
+  def has_trainable_params(self, params: Params) -> bool:
+    return any(jax.tree.leaves(self.trainable_mask(params)))

@@ -1,0 +1,134 @@
+r"""Benchmark of the compiled meta-step: compile time, throughput, memory, FLOPs.
+
+  python -m autoaug_jax.benchmark --config=configs/default.py \
+      [--config.image_size=128 --config.inner.remat=False ...] [--steps=5 --warmup=2]
+
+Measures, on the config's task shape and devices:
+- compile_s: lowering + XLA compilation of the meta-step;
+- meta_steps_per_s / tasks_per_s: from the median of `--steps` timed steps
+  after `--warmup` steps, each ended with `block_until_ready`;
+- peak_memory_mb: the accelerator's peak bytes in use where the backend
+  reports it, else the process's peak resident memory (CPU; includes the
+  compiler and the dataset, so an upper bound); xla_temp_mb: XLA's own
+  estimate of the step's temporary buffers;
+- flops_per_meta_step: XLA's cost analysis. XLA counts a scan body once, so
+  the step is also compiled with the inner loop fully unrolled at I = 1 and
+  I = 2 inner steps and extrapolated linearly to the configured I (exact:
+  the program is affine in I); achieved_gflops = flops x meta_steps_per_s.
+The last line printed is one JSON object with all of these.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import sys
+import time
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from autoaug_jax import outer_step, sharding, tasks
+from autoaug_jax.config_schema import validate
+from autoaug_jax.train import USER_ERRORS, load_splits
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'A configs/*.py file.',
+                                          lock_config=True)
+_STEPS = flags.DEFINE_integer('steps', 5, 'Timed meta-steps (median reported).')
+_WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed meta-steps after compilation.')
+_FLOPS = flags.DEFINE_boolean('flops', True, 'Count FLOPs (two extra small compiles).')
+flags.mark_flags_as_required(['config'])
+
+
+def _flops(config, mesh, split, inner_steps: int) -> float:
+  """XLA's FLOP count of one meta-step with `inner_steps` unrolled inner steps."""
+  run = outer_step.setup(config, inner_steps=inner_steps, unroll=True)
+  state = run.init_state(config.seed, mesh)
+  compiled = run.meta_step(mesh, config.meta_batch_size).lower(state, split).compile()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get('flops', float('nan')))
+
+
+def _peak_memory_mb() -> tuple[float, str]:
+  stats = jax.devices()[0].memory_stats() or {}
+  if 'peak_bytes_in_use' in stats:
+    return stats['peak_bytes_in_use'] / 2**20, 'device peak_bytes_in_use'
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 'host peak RSS'
+
+
+def benchmark(config, steps: int = 5, warmup: int = 2, count_flops: bool = True) -> dict:
+  """Runs the measurements described in the module docstring; returns the result dict."""
+  validate(config)
+  mesh = sharding.make_mesh(config.num_devices)
+  sharding.check_divisible(config.meta_batch_size, mesh, 'meta_batch_size')
+  split = tasks.to_device(load_splits(config, ('train',))['train'], sharding.replicated(mesh))
+  run = outer_step.setup(config)
+  state = run.init_state(config.seed, mesh)
+  meta_step = run.meta_step(mesh, config.meta_batch_size)
+
+  start = time.perf_counter()
+  compiled = meta_step.lower(state, split).compile()
+  compile_s = time.perf_counter() - start
+  memory = compiled.memory_analysis()
+  temp_mb = getattr(memory, 'temp_size_in_bytes', 0) / 2**20 if memory is not None else None
+
+  for _ in range(warmup):
+    state, metrics = compiled(state, split)
+  jax.block_until_ready(state)
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    state, metrics = compiled(state, split)
+    jax.block_until_ready((state, metrics))
+    times.append(time.perf_counter() - start)
+  median = statistics.median(times)
+  peak_mb, peak_kind = _peak_memory_mb()
+
+  flops = float('nan')
+  if count_flops:
+    f1 = _flops(config, mesh, split, 1)
+    f2 = _flops(config, mesh, split, 2)
+    flops = f1 + (config.inner.steps - 1) * (f2 - f1)
+  d = mesh.devices.flat[0]
+  return {
+      'meta_steps_per_s': 1.0 / median,
+      'tasks_per_s': config.meta_batch_size / median,
+      'step_time_median_s': median,
+      'step_times_s': [round(t, 4) for t in times],
+      'compile_s': compile_s,
+      'peak_memory_mb': peak_mb,
+      'peak_memory_kind': peak_kind,
+      'xla_temp_mb': temp_mb,
+      'flops_per_meta_step': flops,
+      'achieved_gflops': flops / median / 1e9,
+      'meta_loss': float(metrics['meta_loss']),
+      'devices': f'{mesh.devices.size} x {d.platform} ({d.device_kind})',
+      'image_size': config.image_size,
+      'task': f'{config.task.n_way}-way {config.task.k_shot}-shot {config.task.q_query}-query',
+      'inner_steps': config.inner.steps,
+      'meta_batch_size': config.meta_batch_size,
+      'factor': config.augmenter.factor,
+      'remat': config.inner.remat,
+      'conv_impl': config.classifier.conv_impl,
+      'augmenter': config.augmenter.name,
+  }
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  try:
+    result = benchmark(_CONFIG.value, _STEPS.value, _WARMUP.value, _FLOPS.value)
+  except USER_ERRORS as e:
+    logging.error('%s', e)
+    sys.exit(f'error: {e}')
+  for key, value in result.items():
+    print(f'{key:>22}: {value}')
+  print(json.dumps(result), flush=True)
+
+
+if __name__ == '__main__':
+  app.run(main)

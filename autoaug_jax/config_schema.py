@@ -1,0 +1,163 @@
+"""Every config key the library reads, with its default, and the checks run on a config.
+
+Config files in `configs/` start from `base_config()`, change a few fields and
+lock the result, so a key that is misspelt on the command line is refused by
+ml_collections and a value that is impossible (a 9-way task on a split of 5
+classes, an unknown augmenter) is refused by `validate` before anything is
+compiled. Dataset-dependent checks (class and image counts) live in
+`tasks.check_task_shape`, which needs the loaded split.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+# Methods the paired evaluation can run. `learned` is the meta-trained
+# augmenter of this run; the others are the paper's baselines (Section 4.1).
+EVAL_METHODS = ('none', 'duplicate', 'fixed', 'random_convnet', 'learned')
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Returns an unlocked ConfigDict holding every key with its default."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.image_size = 32
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = 'glyphs'
+  # Where dataset files live or are cached; '' means the default cache
+  # (~/.cache/autoaug_jax, or $AUTOAUG_JAX_CACHE).
+  c.data.dir = ''
+  c.data.images_per_class = 60
+  # Strength in [0, 1] of a class-tied background colour painted on support
+  # images only (never on queries): the spurious correlation of Section 1.
+  c.data.spurious = 0.0
+
+  c.task = ml_collections.ConfigDict()
+  c.task.n_way = 3
+  c.task.k_shot = 5
+  c.task.q_query = 5
+
+  c.classifier = ml_collections.ConfigDict()
+  c.classifier.name = 'convnet'
+  c.classifier.widths = (18, 36, 72)
+  c.classifier.hidden = 64
+  # 'patches' (3x3 patches + matmul: fast on CPU, batched under vmap) or
+  # 'native' (lax.conv; try it on accelerators).
+  c.classifier.conv_impl = 'patches'
+
+  c.inner = ml_collections.ConfigDict()
+  c.inner.steps = 20
+  c.inner.lr = 0.1
+  # jax.checkpoint on each inner step: memory O(1) in the number of steps
+  # instead of O(steps), for one extra forward+backward per step.
+  c.inner.remat = True
+
+  c.augmenter = ml_collections.ConfigDict()
+  c.augmenter.name = 'convnet'
+  # Synthetic images per support image (Section 4.4).
+  c.augmenter.factor = 1
+  c.augmenter.frozen = False
+  # Latent noise; std 0.1 is the paper's variance 0.01 (Section 4.4).
+  c.augmenter.noise_std = 0.1
+  c.augmenter.latent_channels = 8
+  # Fixed augmentations baseline (Section 4.1, item 3).
+  c.augmenter.fixed = ml_collections.ConfigDict()
+  c.augmenter.fixed.flip = True
+  c.augmenter.fixed.min_crop = 0.7
+  c.augmenter.fixed.noise_std = 0.05
+
+  c.meta_batch_size = 4
+  c.num_meta_steps = 200
+  c.outer = ml_collections.ConfigDict()
+  c.outer.optimizer = 'adam'
+  c.outer.lr = 1e-3
+  c.outer.grad_clip = 1.0
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.num_tasks = 100
+  c.eval.task_seed = 2024
+  # Tasks per compiled evaluation batch (vmapped, sharded over the mesh).
+  c.eval.batch_size = 20
+  c.eval.methods = EVAL_METHODS
+  # Meta-validation for checkpoint selection; 0 disables it.
+  c.eval.val_every = 50
+  c.eval.val_tasks = 40
+
+  c.log_every = 10
+  c.checkpoint_every = 50
+  c.keep_checkpoints = 2
+  # Number of devices in the 1-D task mesh; 0 means all local devices.
+  c.num_devices = 0
+  return c
+
+
+def lock(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  config.lock()
+  return config
+
+
+class ConfigError(ValueError):
+  """A config value that cannot run; the message names the key and the fix."""
+
+
+def _require(cond: bool, message: str) -> None:
+  if not cond:
+    raise ConfigError(message)
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks values that need no data; raises ConfigError naming key and fix."""
+  # Imported here: the registries import jax/flax, the schema should not.
+  from autoaug_jax.augmenters import AUGMENTERS
+  from autoaug_jax.classifiers import CLASSIFIERS
+  from autoaug_jax.data import DATASETS
+
+  def known(key, value, registry):
+    _require(value in registry,
+             f'{key}={value!r} is unknown; choose one of {sorted(registry)}.')
+
+  known('data.name', config.data.name, DATASETS)
+  known('augmenter.name', config.augmenter.name, AUGMENTERS)
+  known('classifier.name', config.classifier.name, CLASSIFIERS)
+  for m in config.eval.methods:
+    known('eval.methods entry', m, EVAL_METHODS)
+
+  def positive(key, value):
+    _require(isinstance(value, int) and value >= 1,
+             f'{key}={value!r} must be a positive integer.')
+
+  for key in ('task.n_way', 'task.k_shot', 'task.q_query', 'inner.steps',
+              'meta_batch_size', 'augmenter.factor', 'eval.num_tasks',
+              'eval.batch_size', 'log_every', 'checkpoint_every',
+              'keep_checkpoints'):
+    positive(key, _get(config, key))
+  _require(config.task.n_way >= 2,
+           f'task.n_way={config.task.n_way} must be at least 2 for a classification task.')
+  _require(isinstance(config.num_meta_steps, int) and config.num_meta_steps >= 0,
+           f'num_meta_steps={config.num_meta_steps!r} must be a non-negative integer.')
+  _require(config.image_size >= 8 and config.image_size % 4 == 0,
+           f'image_size={config.image_size} must be a multiple of 4 and at least 8 '
+           '(the augmenter halves and doubles it; the classifier pools three times).')
+  _require(config.inner.lr > 0, f'inner.lr={config.inner.lr} must be positive.')
+  _require(config.outer.lr > 0, f'outer.lr={config.outer.lr} must be positive.')
+  _require(config.classifier.conv_impl in ('patches', 'native'),
+           f"classifier.conv_impl={config.classifier.conv_impl!r}: choose 'patches' or 'native'.")
+  _require(config.outer.optimizer in ('adam', 'sgd'),
+           f"outer.optimizer={config.outer.optimizer!r}: choose 'adam' or 'sgd'.")
+  _require(0.0 <= config.data.spurious <= 1.0,
+           f'data.spurious={config.data.spurious} must lie in [0, 1].')
+  _require(config.augmenter.noise_std >= 0,
+           f'augmenter.noise_std={config.augmenter.noise_std} must be non-negative.')
+  _require(0.0 < config.augmenter.fixed.min_crop <= 1.0,
+           f'augmenter.fixed.min_crop={config.augmenter.fixed.min_crop} must lie in (0, 1].')
+  _require(config.eval.val_every >= 0 and config.eval.val_tasks >= 0,
+           'eval.val_every and eval.val_tasks must be non-negative.')
+  _require(config.num_devices >= 0, f'num_devices={config.num_devices} must be >= 0.')
+
+
+def _get(config: ml_collections.ConfigDict, dotted: str):
+  node = config
+  for part in dotted.split('.'):
+    node = node[part]
+  return node

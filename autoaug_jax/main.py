@@ -1,0 +1,35 @@
+"""Entry point: meta-train an augmenter and write the evaluation report.
+
+  python -m autoaug_jax.main --config=configs/default.py --workdir=runs/default \
+      [--config.task.k_shot=1 --config.augmenter.factor=2 ...]
+
+Flags only; `train.train_and_evaluate` does the work. Running it again on the
+same workdir resumes from the latest checkpoint.
+"""
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from autoaug_jax import train
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'A configs/*.py file; override fields with --config.KEY=VALUE.',
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (created; resumed if it exists).')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  try:
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except train.USER_ERRORS as e:
+    logging.error('%s', e)
+    sys.exit(f'error: {e}')
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,106 @@
+"""Metric output of a run: `metrics.jsonl`, TensorBoard event files, progress with ETA.
+
+Used only by the orchestrator. CLU's writers and `ReportProgress` import
+TensorFlow, which this project does not install (TFDS runs without it), so
+TensorBoard events are written with tensorboardX and progress is a small
+timer here. Metrics arrive as flat dicts of Python floats.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+import numpy as np
+from absl import logging
+
+
+class MetricWriter:
+  """Appends scalars to WORKDIR/metrics.jsonl and to TensorBoard under WORKDIR/tensorboard."""
+
+  def __init__(self, workdir: str, tensorboard: bool = True):
+    self._path = os.path.join(workdir, 'metrics.jsonl')
+    self._tb = None
+    if tensorboard:
+      from tensorboardX import SummaryWriter  # heavy import, only when writing
+      self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'), flush_secs=30)
+
+  def truncate_after(self, step: int) -> None:
+    """Drops lines logged after `step` (by a run that died before its next checkpoint),
+    so that a resumed run's metrics.jsonl reads as one uninterrupted run."""
+    if not os.path.exists(self._path):
+      return
+    with open(self._path) as f:
+      lines = [line for line in f if line.strip()]
+    kept = [line for line in lines if json.loads(line).get('step', 0) <= step]
+    if len(kept) != len(lines):
+      tmp = self._path + '.tmp'
+      with open(tmp, 'w') as f:
+        f.writelines(kept)
+      os.replace(tmp, self._path)
+
+  def write_scalars(self, step: int, scalars: dict[str, float]) -> None:
+    with open(self._path, 'a') as f:
+      f.write(json.dumps({'step': int(step), **{k: float(v) for k, v in scalars.items()}}) + '\n')
+    if self._tb is not None:
+      for name, value in scalars.items():
+        self._tb.add_scalar(name, float(value), int(step))
+
+  def write_image(self, step: int, name: str, image: np.ndarray) -> None:
+    """image: [H, W, 3] uint8."""
+    if self._tb is not None:
+      self._tb.add_image(name, image, int(step), dataformats='HWC')
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+
+
+class _DropLibraryInfo:
+  """absl log filter: Orbax and TensorStore log every save at INFO; keep their warnings."""
+
+  def filter(self, record) -> bool:
+    return record.levelno >= 30 or '/orbax/' not in record.pathname
+
+
+def quiet_library_logs() -> None:
+  """Keeps the run's own INFO lines readable (idempotent)."""
+  handler = logging.get_absl_handler()
+  if not any(isinstance(f, _DropLibraryInfo) for f in handler.filters):
+    handler.addFilter(_DropLibraryInfo())
+
+
+def non_finite(scalars: dict[str, float]) -> list[str]:
+  """Names of the metrics that are NaN or infinite."""
+  return [k for k, v in scalars.items() if not math.isfinite(float(v))]
+
+
+def _duration(seconds: float) -> str:
+  seconds = int(round(seconds))
+  h, rest = divmod(seconds, 3600)
+  m, s = divmod(rest, 60)
+  return f'{h}h{m:02d}m{s:02d}s' if h else f'{m}m{s:02d}s'
+
+
+class Progress:
+  """Steps/s and ETA over the steps run in this process (compile time excluded
+  by starting the clock at the first completed step)."""
+
+  def __init__(self, total_steps: int):
+    self.total = total_steps
+    self._t0 = None
+    self._step0 = None
+
+  def update(self, step: int) -> str | None:
+    now = time.perf_counter()
+    if self._t0 is None:
+      self._t0, self._step0 = now, step
+      return None
+    rate = (step - self._step0) / max(now - self._t0, 1e-9)
+    eta = (self.total - step) / rate if rate > 0 else float('inf')
+    message = (f'step {step}/{self.total} ({100 * step / self.total:.0f}%), '
+               f'{rate:.3f} steps/s, ETA {_duration(eta)}')
+    logging.info(message)
+    return message

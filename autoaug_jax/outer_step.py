@@ -1,0 +1,197 @@
+"""Outer step: the meta-gradient of the query loss through the inner loop, vmapped over tasks.
+
+Data flow: task sampler -> augmenter -> inner loop -> outer step (this
+module) -> evaluation. `task_outcome` runs Algorithm 1 of the paper for one
+task: sample S and Q, generate S' = A(S), train a freshly initialised
+classifier on S u S' for I steps, and score it on Q. `make_meta_step` vmaps
+it over a meta-batch of B tasks sharded over the device mesh, averages the
+query losses, differentiates through everything into the augmenter's
+parameters and applies one optax update: one `jit`, state donated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+from jax.sharding import Mesh
+
+from autoaug_jax import rng
+from autoaug_jax.augmenters import Augmenter, make_augmenter
+from autoaug_jax.classifiers import make_classifier
+from autoaug_jax.inner_loop import accuracy, cross_entropy, train_classifier
+from autoaug_jax.sharding import replicated, task_sharded
+from autoaug_jax.tasks import DeviceSplit, sample_task
+
+Params = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+  """Static shape and inner-loop settings of a task (hashable: closed over by jit)."""
+  n_way: int
+  k_shot: int
+  q_query: int
+  image_size: int
+  inner_steps: int
+  inner_lr: float
+  remat: bool = True
+  spurious: float = 0.0
+  unroll: bool = False  # benchmark only: lets XLA's cost analysis count every step
+
+  @classmethod
+  def from_config(cls, config, remat: bool | None = None) -> TaskSpec:
+    return cls(n_way=config.task.n_way, k_shot=config.task.k_shot,
+               q_query=config.task.q_query, image_size=config.image_size,
+               inner_steps=config.inner.steps, inner_lr=config.inner.lr,
+               remat=config.inner.remat if remat is None else remat,
+               spurious=config.data.spurious)
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    return (self.image_size, self.image_size, 3)
+
+
+@struct.dataclass
+class MetaState:
+  """Everything a resumed run needs: step, augmenter params, optimiser state, root key.
+
+  `key` holds raw key data (uint32 [2]) so that checkpoints stay plain arrays.
+  """
+  step: jax.Array
+  params: Params
+  opt_state: Any
+  key: jax.Array
+
+
+def task_outcome(aug_params: Params, split: DeviceSplit, keys: dict[str, jax.Array], *,
+                 augmenter: Augmenter, classifier, spec: TaskSpec) -> tuple[jax.Array, dict]:
+  """Algorithm 1 for one task; returns (query loss, flat dict of scalar metrics)."""
+  task = sample_task(split, keys['sample'], n_way=spec.n_way, k_shot=spec.k_shot,
+                     q_query=spec.q_query, spurious=spec.spurious)
+  synthetic, synthetic_labels = augmenter.augment(
+      aug_params, task.support_images, task.support_labels, keys['augment'])
+  images = jnp.concatenate([task.support_images, synthetic])
+  labels = jnp.concatenate([task.support_labels, synthetic_labels])
+  params0, frozen = classifier.init(keys['init'], spec.image_shape)
+  params, inner_losses = train_classifier(
+      classifier, params0, classifier.embed(frozen, images), labels,
+      steps=spec.inner_steps, lr=spec.inner_lr, remat=spec.remat, unroll=spec.unroll)
+  logits = classifier.logits(params, classifier.embed(frozen, task.query_images))
+  loss = cross_entropy(logits, task.query_labels)
+  metrics = {
+      'query_loss': loss,
+      'query_acc': accuracy(logits, task.query_labels),
+      'inner_loss_first': inner_losses[0],
+      'inner_loss_last': inner_losses[-1],
+  }
+  if synthetic.shape[0]:
+    originals = jnp.tile(task.support_images, (synthetic.shape[0] // task.support_images.shape[0],
+                                               1, 1, 1))
+    metrics['synthetic_l1'] = jnp.abs(synthetic - originals).mean()
+  return loss, metrics
+
+
+def batched_outcomes(aug_params: Params, split: DeviceSplit, stream_key: jax.Array,
+                     indices: jax.Array, *, augmenter: Augmenter, classifier, spec: TaskSpec,
+                     mesh: Mesh) -> tuple[jax.Array, dict]:
+  """`task_outcome` for tasks `indices` [B] of a key stream, sharded over the mesh.
+
+  Returns per-task losses [B] and metrics {name: [B]}.
+  """
+  indices = jax.lax.with_sharding_constraint(indices, task_sharded(mesh))
+  keys = jax.vmap(rng.task_keys, (None, 0))(stream_key, indices)
+
+  def outcome(task_key):
+    return task_outcome(aug_params, split, task_key, augmenter=augmenter,
+                        classifier=classifier, spec=spec)
+
+  return jax.vmap(outcome)(keys)
+
+
+def make_optimizer(outer_config, augmenter: Augmenter,
+                   params: Params) -> optax.GradientTransformation:
+  """Adam or SGD with global-norm clipping; frozen leaves get exactly zero update."""
+  opt = {'adam': optax.adam, 'sgd': optax.sgd}[outer_config.optimizer](outer_config.lr)
+  if outer_config.grad_clip > 0:
+    opt = optax.chain(optax.clip_by_global_norm(outer_config.grad_clip), opt)
+  labels = jax.tree.map(lambda t: 'train' if t else 'freeze', augmenter.trainable_mask(params))
+  return optax.multi_transform({'train': opt, 'freeze': optax.set_to_zero()}, labels)
+
+
+def init_params(augmenter: Augmenter, spec: TaskSpec, seed: int) -> Params:
+  """The augmenter's initial parameters, a pure function of the run seed."""
+  return augmenter.init(rng.stream(rng.root_key(seed), 'augmenter_init'), spec.image_shape)
+
+
+def init_state(augmenter: Augmenter, optimizer: optax.GradientTransformation,
+               spec: TaskSpec, seed: int, mesh: Mesh) -> MetaState:
+  """Fresh state, placed replicated on the mesh (the layout `meta_step` returns,
+  so the first and later steps share one compiled program)."""
+  params = init_params(augmenter, spec, seed)
+  state = MetaState(step=jnp.zeros((), jnp.int32), params=params,
+                    opt_state=optimizer.init(params),
+                    key=jax.random.key_data(rng.root_key(seed)))
+  return jax.device_put(state, replicated(mesh))
+
+
+def make_meta_step(augmenter: Augmenter, classifier, spec: TaskSpec,
+                   optimizer: optax.GradientTransformation, mesh: Mesh, meta_batch_size: int):
+  """Returns the compiled `meta_step(state, split) -> (state, metrics)`.
+
+  Task keys are `fold_in(stream(root, 'train'), step)` split per task, so the
+  step depends on nothing but its arguments (resume-safe). `state` is donated.
+  """
+  def meta_loss(params, split, key):
+    losses, metrics = batched_outcomes(
+        params, split, key, jnp.arange(meta_batch_size), augmenter=augmenter,
+        classifier=classifier, spec=spec, mesh=mesh)
+    return losses.mean(), metrics
+
+  def meta_step(state: MetaState, split: DeviceSplit):
+    key = jax.random.fold_in(rng.stream(jax.random.wrap_key_data(state.key), 'train'),
+                             state.step)
+    (loss, metrics), grads = jax.value_and_grad(meta_loss, has_aux=True)(
+        state.params, split, key)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    out = {name: value.mean() for name, value in metrics.items()}
+    out['meta_loss'] = loss
+    out['grad_norm'] = optax.global_norm(grads)
+    out['update_norm'] = optax.global_norm(updates)
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), out
+
+  rep = replicated(mesh)
+  return jax.jit(meta_step, donate_argnums=(0,), in_shardings=(rep, rep),
+                 out_shardings=(rep, rep))
+
+
+@dataclasses.dataclass(frozen=True)
+class MetaSetup:
+  """The pieces one run (or benchmark) is assembled from."""
+  augmenter: Augmenter
+  classifier: Any
+  spec: TaskSpec
+  optimizer: optax.GradientTransformation
+  initial_params: Params
+
+  def init_state(self, seed: int, mesh: Mesh) -> MetaState:
+    return init_state(self.augmenter, self.optimizer, self.spec, seed, mesh)
+
+  def meta_step(self, mesh: Mesh, meta_batch_size: int):
+    return make_meta_step(self.augmenter, self.classifier, self.spec, self.optimizer, mesh,
+                          meta_batch_size)
+
+
+def setup(config, **spec_overrides) -> MetaSetup:
+  """Builds augmenter, classifier, task spec and optimiser from a config."""
+  augmenter = make_augmenter(config.augmenter)
+  spec = dataclasses.replace(TaskSpec.from_config(config), **spec_overrides)
+  params = init_params(augmenter, spec, config.seed)
+  return MetaSetup(augmenter=augmenter, classifier=make_classifier(config), spec=spec,
+                   optimizer=make_optimizer(config.outer, augmenter, params),
+                   initial_params=params)

@@ -1,0 +1,139 @@
+"""Report: results table, accuracy-delta plot with confidence intervals, augmentation grid.
+
+Last stage of the data flow (evaluation -> report). Turns `MethodSummary`
+rows into `report.md`, `deltas.png` (the paper's Figures 2-5 form: accuracy
+delta against no augmentation, here with 95% intervals from paired per-task
+deltas), `augmentations.png` (Figure 6: originals above, synthetic images
+below, per method) and `results.json` (everything, per-task accuracies
+included, for sweep aggregation).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use('Agg')  # files only; no display on training machines
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from autoaug_jax.evaluation import MethodSummary  # noqa: E402
+
+
+def markdown_table(rows: Sequence[MethodSummary], baseline: str = 'none') -> str:
+  lines = [
+      f'| method | accuracy (95% CI) | delta vs {baseline} (95% CI) | significant |',
+      '|---|---|---|---|',
+  ]
+  for r in rows:
+    if r.method == baseline:
+      delta, sig = '(baseline)', ''
+    else:
+      delta = (f'{100 * r.delta:+.2f} pp [{100 * r.delta_lo:+.2f}, {100 * r.delta_hi:+.2f}]')
+      sig = 'yes' if r.significant else 'no'
+    lines.append(f'| {r.method} | {100 * r.mean_acc:.2f}% ± {100 * r.acc_ci:.2f} | {delta} '
+                 f'| {sig} |')
+  return '\n'.join(lines)
+
+
+def plot_deltas(rows: Sequence[MethodSummary], path: str, title: str,
+                baseline: str = 'none') -> None:
+  """Bar chart of paired accuracy deltas (percentage points) with 95% intervals."""
+  rows = [r for r in rows if r.method != baseline]
+  fig, ax = plt.subplots(figsize=(1.2 * max(len(rows), 3) + 1, 3.2))
+  x = np.arange(len(rows))
+  deltas = np.array([100 * r.delta for r in rows])
+  err = np.array([[100 * (r.delta - r.delta_lo) for r in rows],
+                  [100 * (r.delta_hi - r.delta) for r in rows]])
+  colours = ['tab:green' if d > 0 else 'tab:red' for d in deltas]
+  ax.bar(x, deltas, yerr=err, capsize=4, color=colours, alpha=0.8)
+  ax.axhline(0, color='black', linewidth=0.8)
+  ax.set_xticks(x, [r.method for r in rows], rotation=20)
+  ax.set_ylabel(f'accuracy delta vs {baseline} (pp)')
+  ax.set_title(title, fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def augmentation_grid(examples: Mapping[str, tuple[np.ndarray, np.ndarray]],
+                      max_images: int = 8) -> np.ndarray:
+  """One image: per method a row of originals and a row of their synthetic images.
+
+  Args:
+    examples: method -> (originals [n, H, W, 3], synthetic [m, H, W, 3]), floats
+      in [0, 1]; synthetic[i] is generated from originals[i % n].
+    max_images: columns.
+
+  Returns:
+    [rows * (H + 2), cols * (W + 2), 3] uint8 (2-pixel white gutters).
+  """
+  first = next(iter(examples.values()))[0]
+  h, w = first.shape[1:3]
+  cols = min(max_images, first.shape[0])
+  tiles = []
+  for originals, synthetic in examples.values():
+    tiles.append(originals[:cols])
+    row = np.ones((cols, h, w, 3), np.float32)
+    row[:min(cols, synthetic.shape[0])] = synthetic[:cols]
+    tiles.append(row)
+  grid = np.ones((len(tiles), cols, h + 2, w + 2, 3), np.float32)
+  grid[:, :, 1:-1, 1:-1] = np.stack(tiles)
+  grid = grid.transpose(0, 2, 1, 3, 4).reshape(len(tiles) * (h + 2), cols * (w + 2), 3)
+  return (np.clip(grid, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def save_grid_figure(examples: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str) -> None:
+  """`augmentation_grid` with method names, as a PNG."""
+  grid = augmentation_grid(examples)
+  rows = 2 * len(examples)
+  fig, ax = plt.subplots(figsize=(grid.shape[1] / 40 + 1.6, grid.shape[0] / 40 + 0.4))
+  ax.imshow(grid, interpolation='nearest')
+  ax.set_xticks([])
+  row_h = grid.shape[0] / rows
+  ax.set_yticks([(i + 0.5) * row_h for i in range(rows)],
+                [f'{m} {part}' for m in examples for part in ('original', 'synthetic')],
+                fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def write_report(out_dir: str, rows: Sequence[MethodSummary],
+                 accuracies: Mapping[str, np.ndarray], examples, *, header: Mapping[str, str],
+                 config_json: str) -> dict[str, str]:
+  """Writes report.md, deltas.png, augmentations.png and results.json; returns their paths."""
+  os.makedirs(out_dir, exist_ok=True)
+  paths = {name: os.path.join(out_dir, name)
+           for name in ('report.md', 'deltas.png', 'augmentations.png', 'results.json')}
+  n = rows[0].num_tasks if rows else 0
+  plot_deltas(rows, paths['deltas.png'], f'{header.get("task", "")}, {n} paired test tasks')
+  save_grid_figure(examples, paths['augmentations.png'])
+  significant = [r.method for r in rows if r.significant]
+  lines = ['# autoaug-jax evaluation report', '']
+  lines += [f'- **{k}**: {v}' for k, v in header.items()]
+  lines += [
+      '', '## Results', '',
+      f'Query accuracy on {n} test tasks from the meta-test classes; every method sees the '
+      'same tasks and the same classifier initialisations, so deltas are paired. Intervals '
+      'are 95% t-intervals over tasks.', '',
+      markdown_table(rows), '',
+      ('Deltas whose interval excludes zero: ' + ', '.join(significant) + '.') if significant
+      else 'No delta has an interval that excludes zero.', '',
+      '![accuracy deltas](deltas.png)', '',
+      '## Augmentations (one test task; originals above, synthetic below)', '',
+      '![augmentations](augmentations.png)', '',
+      '## Config', '', '```json', config_json, '```', '',
+  ]
+  with open(paths['report.md'], 'w') as f:
+    f.write('\n'.join(lines))
+  with open(paths['results.json'], 'w') as f:
+    json.dump({'header': dict(header),
+               'summary': [dataclasses.asdict(r) for r in rows],
+               'per_task_accuracy': {m: np.asarray(a).tolist() for m, a in accuracies.items()}},
+              f, indent=1)
+  return paths

@@ -1,0 +1,23 @@
+r"""The main job: meta-train the ConvNet augmenter on the embedded glyph dataset, on a CPU.
+
+3-way 5-shot 5-query tasks at 32x32, 20 inner SGD steps, meta-batch 4, then
+the paired evaluation of every method on 100 meta-test tasks. About 8 minutes
+on 2 CPU cores (see BUILD_NOTES.md).
+
+  python -m autoaug_jax.main --config=configs/default.py --workdir=runs/default
+"""
+
+from autoaug_jax.config_schema import base_config, lock
+
+
+def get_config():
+  config = base_config()
+  config.image_size = 32
+  config.task.n_way, config.task.k_shot, config.task.q_query = 3, 5, 5
+  config.inner.steps = 20
+  config.meta_batch_size = 4
+  config.num_meta_steps = 120
+  config.eval.val_every = 40
+  config.eval.val_tasks = 40
+  config.checkpoint_every = 20
+  return lock(config)

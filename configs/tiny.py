@@ -1,0 +1,26 @@
+r"""A seconds-long run for tests and smoke checks: tiny images, tasks and models.
+
+  python -m autoaug_jax.main --config=configs/tiny.py --workdir=/tmp/autoaug_tiny
+"""
+
+from autoaug_jax.config_schema import base_config, lock
+
+
+def get_config():
+  config = base_config()
+  config.image_size = 16
+  config.data.images_per_class = 8
+  config.task.n_way, config.task.k_shot, config.task.q_query = 3, 2, 2
+  config.classifier.widths = (4, 8, 8)
+  config.classifier.hidden = 8
+  config.augmenter.latent_channels = 4
+  config.inner.steps = 3
+  config.meta_batch_size = 2
+  config.num_meta_steps = 4
+  config.eval.num_tasks = 6
+  config.eval.batch_size = 6
+  config.eval.val_every = 2
+  config.eval.val_tasks = 4
+  config.log_every = 1
+  config.checkpoint_every = 2
+  return lock(config)
