@@ -274,10 +274,8 @@ def _meta_train(config, state, splits, run: outer_step.MetaSetup, mesh, ckpts, w
                    ckpts.best_step())
 
 
-def evaluate_checkpoint(workdir: str, checkpoint: str = 'best', out_dir: str = '',
-                        overrides: dict | None = None) -> list:
-  """Restores `checkpoint` ('best', 'latest' or a step) of `workdir` and evaluates it."""
-  quiet_library_logs()
+def load_workdir_config(workdir: str, overrides: dict | None = None) -> ml_collections.ConfigDict:
+  """The config a workdir's run was started with (its config.json), plus dotted overrides."""
   path = os.path.join(workdir, 'config.json')
   if not os.path.exists(path):
     raise WorkdirError(f'{workdir} has no config.json: not an autoaug_jax workdir. Pass the '
@@ -289,6 +287,14 @@ def evaluate_checkpoint(workdir: str, checkpoint: str = 'best', out_dir: str = '
   # JSON turned tuples into lists; the schema's tuple fields want tuples back.
   config.update_from_flattened_dict(
       {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
+  return config
+
+
+def evaluate_checkpoint(workdir: str, checkpoint: str = 'best', out_dir: str = '',
+                        overrides: dict | None = None) -> list:
+  """Restores `checkpoint` ('best', 'latest' or a step) of `workdir` and evaluates it."""
+  quiet_library_logs()
+  config = load_workdir_config(workdir, overrides)
   validate(config)
   mesh = sharding.make_mesh(config.num_devices)
   run = outer_step.setup(config)

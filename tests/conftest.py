@@ -1,0 +1,55 @@
+"""Shared fixtures: tiny configs, a private glyph cache, fast XLA compiles.
+
+XLA's CPU backend optimisation level 0 compiles the tests' many small
+programs about 5x faster; tests compare numbers between code paths, not
+speed. Set AUTOAUG_TEST_XLA_FLAGS to override (e.g. to '' for default flags).
+"""
+
+import importlib.util
+import os
+import pathlib
+
+os.environ.setdefault('XLA_FLAGS', os.environ.get('AUTOAUG_TEST_XLA_FLAGS',
+                                                  '--xla_backend_optimization_level=0'))
+os.environ.setdefault('DIFFUSERS_VERBOSITY', 'error')
+os.environ.setdefault('TRANSFORMERS_VERBOSITY', 'error')
+os.environ.setdefault('HF_HUB_OFFLINE', '1')
+
+import pytest  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def load_config(name: str):
+  """configs/NAME.py's get_config(), loaded by path as absl's config flag does."""
+  spec = importlib.util.spec_from_file_location(f'config_{name}', REPO / 'configs' / f'{name}.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+@pytest.fixture(scope='session', autouse=True)
+def glyph_cache(tmp_path_factory):
+  """Every test renders into (and reuses) one private cache, never ~/.cache."""
+  path = tmp_path_factory.mktemp('glyph_cache')
+  old = os.environ.get('AUTOAUG_JAX_CACHE')
+  os.environ['AUTOAUG_JAX_CACHE'] = str(path)
+  yield path
+  if old is None:
+    os.environ.pop('AUTOAUG_JAX_CACHE', None)
+  else:
+    os.environ['AUTOAUG_JAX_CACHE'] = old
+
+
+@pytest.fixture
+def tiny_config():
+  return load_config('tiny')
+
+
+@pytest.fixture(scope='session')
+def tiny_splits():
+  """The tiny config's train/val/test splits (16x16, 8 images per class)."""
+  from autoaug_jax import data
+  config = load_config('tiny')
+  return {name: data.load_split(config.data, name, config.image_size)
+          for name in ('train', 'val', 'test')}

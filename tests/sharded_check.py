@@ -1,0 +1,55 @@
+"""Run by test_outer_step.py in a subprocess with 4 simulated CPU devices.
+
+Prints one JSON line comparing 2 meta-steps and an evaluation on a 4-device
+task mesh against the same on 1 device.
+"""
+
+import json
+import sys
+
+import jax
+import numpy as np
+
+sys.path.insert(0, str(__import__('pathlib').Path(__file__).parent))
+from conftest import load_config  # noqa: E402
+
+from autoaug_jax import data, evaluation, outer_step, sharding, tasks  # noqa: E402
+
+
+def run(mesh, config, split):
+  setup = outer_step.setup(config)
+  dev = tasks.to_device(split, sharding.replicated(mesh))
+  state = setup.init_state(config.seed, mesh)
+  step = setup.meta_step(mesh, config.meta_batch_size)
+  hlo = step.lower(state, dev).compile().as_text()
+  for _ in range(2):
+    state, metrics = step(state, dev)
+  accs = evaluation.evaluate(setup.augmenter, state.params, dev, setup.classifier, setup.spec,
+                             mesh, evaluation.eval_stream(0, 'test'), 6, 6)
+  leaf = jax.tree.leaves(state.params)[0]
+  return state, metrics, accs, hlo, len(leaf.sharding.device_set)
+
+
+def main():
+  assert len(jax.devices()) == 4, jax.devices()
+  config = load_config('tiny')
+  config.meta_batch_size = 4
+  split = data.load_split(config.data, 'train', config.image_size)
+  s4, m4, a4, hlo4, n4 = run(sharding.make_mesh(4), config, split)
+  s1, m1, a1, _, n1 = run(sharding.make_mesh(1), config, split)
+  p4, p1 = jax.device_get(s4.params), jax.device_get(s1.params)
+  diff = max(float(np.abs(a - b).max()) for a, b in
+             zip(jax.tree.leaves(p4), jax.tree.leaves(p1), strict=True))
+  print(json.dumps({
+      'param_max_abs_diff': diff,
+      'param_max_abs': max(float(np.abs(a).max()) for a in jax.tree.leaves(p1)),
+      'meta_loss': [float(m4['meta_loss']), float(m1['meta_loss'])],
+      'eval_acc_equal': bool(np.array_equal(a4, a1)),
+      'eval_len': int(a4.shape[0]),
+      'devices_holding_params': [n4, n1],
+      'all_reduce_in_4_device_program': 'all-reduce' in hlo4,
+  }))
+
+
+if __name__ == '__main__':
+  main()

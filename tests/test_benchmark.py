@@ -1,0 +1,42 @@
+"""The benchmark entry point: its JSON line, and the FLOP count's extrapolation."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from autoaug_jax import benchmark, data, sharding, tasks
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KEYS = {'meta_steps_per_s', 'compile_s', 'peak_memory_mb', 'flops_per_meta_step'}
+
+
+def test_flop_extrapolation_matches_a_full_unroll(tiny_config):
+  """XLA counts a scan body once; extrapolating from I=2,3 must match I=5 unrolled."""
+  mesh = sharding.make_mesh(1)
+  split = tasks.to_device(data.load_split(tiny_config.data, 'train', tiny_config.image_size))
+  tiny_config.inner.steps = 5
+  direct = benchmark._flops(tiny_config, mesh, split, 5)
+  assert benchmark.flop_count(tiny_config, mesh, split) == pytest.approx(direct, rel=1e-4)
+  tiny_config.inner.steps = 3
+  assert benchmark.flop_count(tiny_config, mesh, split) == benchmark._flops(
+      tiny_config, mesh, split, 3) < direct
+
+
+def test_benchmark_result(tiny_config):
+  result = benchmark.benchmark(tiny_config, steps=2, warmup=1, count_flops=False)
+  assert KEYS <= set(result)
+  assert result['meta_steps_per_s'] > 0 and result['compile_s'] > 0
+  assert result['peak_memory_mb'] > 0 and len(result['step_times_s']) == 2
+
+
+@pytest.mark.slow
+def test_cli_last_line_is_json():
+  out = subprocess.run([sys.executable, '-m', 'autoaug_jax.benchmark', '--config=configs/tiny.py',
+                        '--steps=1', '--warmup=0'], cwd=REPO, capture_output=True, text=True,
+                       timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  result = json.loads(out.stdout.strip().splitlines()[-1])
+  assert KEYS <= set(result) and result['flops_per_meta_step'] > 0

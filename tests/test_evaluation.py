@@ -1,0 +1,95 @@
+"""Paired evaluation and its statistics, and the report files."""
+
+import json
+
+import numpy as np
+import pytest
+import scipy.stats
+
+from autoaug_jax import evaluation, outer_step, report, sharding, tasks
+from autoaug_jax.augmenters import make_augmenter
+
+
+def test_summary_matches_paired_t_interval():
+  rs = np.random.default_rng(0)
+  base = rs.uniform(0.3, 0.9, 50)
+  better = np.clip(base + rs.normal(0.05, 0.05, 50), 0, 1)
+  same = base + rs.normal(0, 0.05, 50)
+  rows = {r.method: r for r in evaluation.summarize(
+      {'none': base, 'better': better, 'same': same})}
+  ci = scipy.stats.ttest_rel(better, base).confidence_interval(0.95)
+  assert rows['better'].delta == pytest.approx((better - base).mean())
+  assert rows['better'].delta_lo == pytest.approx(ci.low)
+  assert rows['better'].delta_hi == pytest.approx(ci.high)
+  assert rows['better'].significant and not rows['same'].significant
+  assert rows['none'].delta == 0 and not rows['none'].significant
+  acc_ci = scipy.stats.ttest_1samp(base, 0).confidence_interval(0.95)
+  assert rows['none'].acc_ci == pytest.approx((acc_ci.high - acc_ci.low) / 2)
+
+
+def test_summary_refuses_unpaired_inputs():
+  with pytest.raises(ValueError, match="baseline 'none' was not evaluated"):
+    evaluation.summarize({'fixed': np.ones(3)})
+  with pytest.raises(ValueError, match='paired deltas need the same tasks'):
+    evaluation.summarize({'none': np.ones(3), 'fixed': np.ones(4)})
+
+
+@pytest.fixture
+def eval_setup(tiny_config, tiny_splits):
+  mesh = sharding.make_mesh(1)
+  dev = tasks.to_device(tiny_splits['test'])
+  run = outer_step.setup(tiny_config)
+  return tiny_config, mesh, dev, run
+
+
+def test_methods_see_the_same_tasks(eval_setup):
+  config, mesh, dev, run = eval_setup
+  stream = evaluation.eval_stream(0, 'test')
+  seen = {}
+  for name in ('none', 'duplicate', 'convnet'):
+    aug = make_augmenter(config.augmenter, name)
+    params = outer_step.init_params(aug, run.spec, 0)
+    seen[name] = evaluation.example_augmentations(aug, params, dev, run.spec, stream, index=3)
+  np.testing.assert_array_equal(seen['none'][0], seen['duplicate'][0])
+  np.testing.assert_array_equal(seen['none'][0], seen['convnet'][0])
+  np.testing.assert_array_equal(seen['duplicate'][1], seen['duplicate'][0])
+  assert seen['none'][1].shape[0] == 0
+
+
+def test_results_do_not_depend_on_batching(eval_setup):
+  config, mesh, dev, run = eval_setup
+  stream = evaluation.eval_stream(0, 'test')
+  none = make_augmenter(config.augmenter, 'none')
+  one_batch = evaluation.evaluate(none, {}, dev, run.classifier, run.spec, mesh, stream, 5, 5)
+  batched = evaluation.evaluate(none, {}, dev, run.classifier, run.spec, mesh, stream, 5, 2)
+  np.testing.assert_array_equal(one_batch, batched)
+  assert one_batch.shape == (5,)
+
+
+def test_report_files(tmp_path):
+  rs = np.random.default_rng(1)
+  accs = {'none': rs.uniform(size=20), 'learned': rs.uniform(size=20)}
+  rows = evaluation.summarize(accs)
+  examples = {m: (rs.uniform(size=(4, 8, 8, 3)), rs.uniform(size=(8, 8, 8, 3))) for m in accs}
+  examples['none'] = (examples['none'][0], np.zeros((0, 8, 8, 3)))
+  paths = report.write_report(str(tmp_path), rows, accs, examples,
+                              header={'task': '3-way 1-shot'}, config_json='{}')
+  text = (tmp_path / 'report.md').read_text()
+  assert '| learned |' in text and '(baseline)' in text and '3-way 1-shot' in text
+  results = json.loads((tmp_path / 'results.json').read_text())
+  assert len(results['per_task_accuracy']['learned']) == 20
+  for name in ('deltas.png', 'augmentations.png'):
+    assert (tmp_path / name).read_bytes()[:4] == b'\x89PNG', paths[name]
+  grid = report.augmentation_grid(examples)
+  assert grid.shape == (4 * 10, 4 * 10, 3) and grid.dtype == np.uint8
+  # The 'none' synthetic row is blank (white): nothing was generated.
+  assert (grid[10:20] == 255).all()
+
+
+def test_eval_fn_compiles_once_per_method(eval_setup):
+  config, mesh, dev, run = eval_setup
+  none = make_augmenter(config.augmenter, 'none')
+  fn = evaluation.make_eval_fn(none, run.classifier, run.spec, mesh)
+  stream = evaluation.eval_stream(0, 'test')
+  evaluation.evaluate(none, {}, dev, run.classifier, run.spec, mesh, stream, 6, 2, eval_fn=fn)
+  assert fn._cache_size() == 1

@@ -1,0 +1,179 @@
+"""The orchestrator and entry points: artefacts, resume, evaluate, and user errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from autoaug_jax import train
+from autoaug_jax.checkpointing import Checkpoints
+from autoaug_jax.config_schema import ConfigError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _quick(config, methods=('none', 'learned')):
+  config.eval.methods = methods
+  config.eval.num_tasks = 4
+  config.eval.batch_size = 4
+  return config
+
+
+def _params(workdir, which='latest'):
+  """The checkpointed state of a workdir, on the host."""
+  from autoaug_jax import outer_step, sharding
+  config = train.load_workdir_config(str(workdir))
+  run = outer_step.setup(config)
+  ckpts = Checkpoints(str(workdir), read_only=True)
+  return jax.device_get(ckpts.restore(which, run.init_state(config.seed, sharding.make_mesh(1))))
+
+
+def _train_lines(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [json.loads(line) for line in f if 'train/meta_loss' in line]
+
+
+def _run_cli(module, *args, timeout=600):
+  return subprocess.run([sys.executable, '-m', f'autoaug_jax.{module}', *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_main_then_evaluate_entry_points(tmp_path):
+  workdir = tmp_path / 'run'
+  out = _run_cli('main', '--config=configs/tiny.py', f'--workdir={workdir}')
+  assert out.returncode == 0, out.stderr[-3000:]
+  for name in ('config.json', 'metrics.jsonl', 'report.md', 'deltas.png', 'augmentations.png',
+               'results.json'):
+    assert (workdir / name).exists(), name
+  assert any(f.startswith('events.out.tfevents') for f in os.listdir(workdir / 'tensorboard'))
+  assert sorted(os.listdir(workdir / 'checkpoints' / 'latest')) == ['2', '4']
+  assert len(os.listdir(workdir / 'checkpoints' / 'best')) == 1
+  assert 'steps/s' in out.stderr and 'ETA' in out.stderr
+  text = (workdir / 'report.md').read_text()
+  for method in ('none', 'duplicate', 'fixed', 'random_convnet', 'learned'):
+    assert f'| {method} |' in text
+  results = json.loads((workdir / 'results.json').read_text())
+  assert results['header']['checkpoint'].startswith('best (step ')
+
+  # Evaluating the best checkpoint again reproduces the report's per-task numbers.
+  out = _run_cli('evaluate', f'--workdir={workdir}', '--checkpoint=best')
+  assert out.returncode == 0, out.stderr[-3000:]
+  again = json.loads((workdir / 'eval_best' / 'results.json').read_text())
+  assert again['per_task_accuracy'] == results['per_task_accuracy']
+  out = _run_cli('evaluate', f'--workdir={workdir}', '--checkpoint=7')
+  assert out.returncode != 0 and 'No checkpoint at step 7' in out.stderr
+
+
+def test_resume_after_a_kill_equals_uninterrupted(tiny_config, tmp_path, monkeypatch):
+  config = _quick(tiny_config)
+  config.eval.val_every = 0
+  train.train_and_evaluate(config, str(tmp_path / 'straight'))
+
+  real_validate = train._validate_step
+
+  def dies_at_step_3(metrics, step, ckpts):
+    real_validate(metrics, step, ckpts)
+    if step == 3:  # after the step-2 checkpoint, before step 3 is saved
+      raise KeyboardInterrupt('simulated kill')
+
+  monkeypatch.setattr(train, '_validate_step', dies_at_step_3)
+  with pytest.raises(KeyboardInterrupt):
+    train.train_and_evaluate(config, str(tmp_path / 'killed'))
+  assert Checkpoints(str(tmp_path / 'killed'), read_only=True).latest_step() == 2
+  monkeypatch.setattr(train, '_validate_step', real_validate)
+  train.train_and_evaluate(config, str(tmp_path / 'killed'))
+
+  a, b = _params(tmp_path / 'straight'), _params(tmp_path / 'killed')
+  assert int(a.step) == int(b.step) == 4
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_array_equal(x, y)
+  lines_a = [{k: v for k, v in d.items() if 'compile' not in k}
+             for d in _train_lines(tmp_path / 'straight')]
+  lines_b = [{k: v for k, v in d.items() if 'compile' not in k}
+             for d in _train_lines(tmp_path / 'killed')]
+  assert lines_a == lines_b  # the dead run's step-3 line was dropped, then rewritten
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_config, tmp_path,
+                                                               monkeypatch):
+  config = _quick(tiny_config)
+  config.checkpoint_every = 1
+  config.eval.val_every = 0
+  from autoaug_jax import outer_step
+  real = outer_step.MetaSetup.meta_step
+
+  def poisoned(self, mesh, batch):
+    step_fn = real(self, mesh, batch)
+
+    def wrapped(state, split):
+      state, metrics = step_fn(state, split)
+      if int(state.step) == 3:
+        metrics = dict(metrics, meta_loss=np.float32('nan'))
+        state = state.replace(params=jax.tree.map(lambda p: p * np.nan, state.params))
+      return state, metrics
+    return wrapped
+
+  monkeypatch.setattr(outer_step.MetaSetup, 'meta_step', poisoned)
+  with pytest.raises(train.NonFiniteLossError, match='Non-finite meta_loss at meta-step 3.*'
+                                                     r'last good checkpoint: 2'):
+    train.train_and_evaluate(config, str(tmp_path))
+  state = _params(tmp_path)
+  assert int(state.step) == 2
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
+
+
+def test_user_errors_before_anything_compiles(tiny_config, tmp_path):
+  bad = _quick(tiny_config)
+  bad.task.n_way = 20  # the 16 meta-val classes cannot make a 20-way task
+  with pytest.raises(ConfigError, match='task.n_way=20 but glyphs/val has only 16 classes'):
+    train.train_and_evaluate(bad, str(tmp_path / 'a'))
+  assert not (tmp_path / 'a').exists()  # refused before touching the workdir
+  bad.task.n_way = 3
+  bad.task.k_shot = 7
+  with pytest.raises(ConfigError, match=r'task.k_shot \+ task.q_query = 9 images per class'):
+    train.train_and_evaluate(bad, str(tmp_path / 'b'))
+  bad.task.k_shot = 2
+  bad.inner.steps = 0
+  with pytest.raises(ConfigError, match='inner.steps=0 must be a positive integer'):
+    train.train_and_evaluate(bad, str(tmp_path / 'c'))
+  bad.inner.steps = 2
+  (tmp_path / 'file').write_text('not a directory')
+  with pytest.raises(train.WorkdirError, match='Cannot write to --workdir=.*file/run'):
+    train.train_and_evaluate(bad, str(tmp_path / 'file' / 'run'))
+
+
+def test_resuming_with_a_different_config_is_refused(tiny_config, tmp_path):
+  config = _quick(tiny_config)
+  config.num_meta_steps = 2
+  config.eval.val_every = 0
+  train.train_and_evaluate(config, str(tmp_path))
+  before = (tmp_path / 'config.json').read_text()
+  config.augmenter.latent_channels = 6
+  with pytest.raises(ConfigError, match=r'different config \(augmenter.latent_channels: 4 -> 6'):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert (tmp_path / 'config.json').read_text() == before  # untouched
+
+
+def test_frozen_augmenter_is_evaluated_without_training(tiny_config, tmp_path):
+  config = _quick(tiny_config)
+  config.augmenter.frozen = True
+  rows = train.train_and_evaluate(config, str(tmp_path))
+  assert [r.method for r in rows] == ['none', 'convnet']
+  assert not (tmp_path / 'checkpoints' / 'latest').exists() or not os.listdir(
+      tmp_path / 'checkpoints' / 'latest')
+
+
+@pytest.mark.slow
+def test_cli_reports_one_clear_error(tmp_path):
+  out = _run_cli('main', '--config=configs/tiny.py', f'--workdir={tmp_path}',
+                 '--config.augmenter.name=stylegan')
+  assert out.returncode == 1
+  assert out.stderr.strip().splitlines()[-1] == (
+      "error: augmenter.name='stylegan' is unknown; choose one of ['convnet', 'duplicate', "
+      "'fixed', 'none', 'random_convnet'].")
+  assert 'Traceback' not in out.stderr
