@@ -44,13 +44,18 @@ flags.mark_flags_as_required(['config'])
 
 
 def _flops(config, mesh, split, inner_steps: int) -> float:
-  """XLA's FLOP count of one meta-step with `inner_steps` unrolled inner steps."""
-  run = outer_step.setup(config, inner_steps=inner_steps, unroll=True)
+  """XLA's FLOP count of one meta-step with `inner_steps` unrolled inner steps.
+
+  Counted with all of a device's tasks in one vmap (task_chunk=0): the same
+  arithmetic as any chunking, but with no lax.map whose body XLA would count once.
+  """
+  run = outer_step.setup(config, inner_steps=inner_steps, unroll=True, task_chunk=0)
   state = run.init_state(config.seed, mesh)
   compiled = run.meta_step(mesh, config.meta_batch_size).lower(state, split).compile()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return float(cost.get('flops', float('nan')))
+  # The partitioned program's count is per device; tasks split evenly.
+  return float(cost.get('flops', float('nan'))) * mesh.devices.size
 
 
 def flop_count(config, mesh, split) -> float:
@@ -72,6 +77,7 @@ def _peak_memory_mb() -> tuple[float, str]:
 def benchmark(config, steps: int = 5, warmup: int = 2, count_flops: bool = True) -> dict:
   """Runs the measurements described in the module docstring; returns the result dict."""
   validate(config)
+  sharding.configure_cpu_devices(config.num_cpu_devices)
   mesh = sharding.make_mesh(config.num_devices)
   sharding.check_divisible(config.meta_batch_size, mesh, 'meta_batch_size')
   split = tasks.to_device(load_splits(config, ('train',))['train'], sharding.replicated(mesh))

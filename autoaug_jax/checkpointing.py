@@ -31,7 +31,8 @@ class Checkpoints:
   """The latest/best checkpoint pair of one workdir."""
 
   def __init__(self, workdir: str, keep: int = 2, read_only: bool = False):
-    root = os.path.join(workdir, 'checkpoints')
+    # Orbax's TensorStore paths must be absolute; users pass relative workdirs.
+    root = os.path.join(os.path.abspath(workdir), 'checkpoints')
     common = {'enable_async_checkpointing': False, 'read_only': read_only,
               'create': not read_only}
     self._latest = ocp.CheckpointManager(

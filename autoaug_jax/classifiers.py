@@ -33,7 +33,7 @@ class ConvNet(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     for width in self.widths:
-      x = max_pool_2x2(nn.relu(Conv3x3(width, impl=self.conv_impl)(x)))
+      x = nn.relu(max_pool_2x2(Conv3x3(width, impl=self.conv_impl)(x)))
     x = x.reshape(x.shape[0], -1)
     x = nn.relu(nn.Dense(self.hidden)(x))
     return nn.Dense(self.num_classes)(x)

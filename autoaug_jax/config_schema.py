@@ -68,6 +68,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.augmenter.fixed.noise_std = 0.05
 
   c.meta_batch_size = 4
+  # Tasks vmapped together on one device (0: all of its tasks). Smaller
+  # chunks run one after another (lax.map): less memory, and on CPU faster,
+  # since XLA:CPU handles unbatched matmuls better (BUILD_NOTES.md).
+  c.task_chunk = 0
   c.num_meta_steps = 200
   c.outer = ml_collections.ConfigDict()
   c.outer.optimizer = 'adam'
@@ -89,6 +93,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 2
   # Number of devices in the 1-D task mesh; 0 means all local devices.
   c.num_devices = 0
+  # On CPU, split the host into this many JAX devices so tasks run side by
+  # side on separate cores (0: JAX's default, one CPU device). No effect on
+  # accelerators.
+  c.num_cpu_devices = 0
   return c
 
 
@@ -154,6 +162,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _require(config.eval.val_every >= 0 and config.eval.val_tasks >= 0,
            'eval.val_every and eval.val_tasks must be non-negative.')
   _require(config.num_devices >= 0, f'num_devices={config.num_devices} must be >= 0.')
+  _require(config.task_chunk >= 0, f'task_chunk={config.task_chunk} must be >= 0.')
+  _require(config.num_cpu_devices >= 0,
+           f'num_cpu_devices={config.num_cpu_devices} must be >= 0.')
 
 
 def _get(config: ml_collections.ConfigDict, dotted: str):

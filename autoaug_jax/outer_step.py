@@ -18,13 +18,14 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import struct
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from autoaug_jax import rng
 from autoaug_jax.augmenters import Augmenter, make_augmenter
 from autoaug_jax.classifiers import make_classifier
 from autoaug_jax.inner_loop import accuracy, cross_entropy, train_classifier
-from autoaug_jax.sharding import replicated, task_sharded
+from autoaug_jax.sharding import TASK_AXIS, replicated
 from autoaug_jax.tasks import DeviceSplit, sample_task
 
 Params = Any
@@ -42,6 +43,8 @@ class TaskSpec:
   remat: bool = True
   spurious: float = 0.0
   unroll: bool = False  # benchmark only: lets XLA's cost analysis count every step
+  # Tasks vmapped together on one device; the rest run one chunk after another.
+  task_chunk: int = 0
 
   @classmethod
   def from_config(cls, config, remat: bool | None = None) -> TaskSpec:
@@ -49,7 +52,7 @@ class TaskSpec:
                q_query=config.task.q_query, image_size=config.image_size,
                inner_steps=config.inner.steps, inner_lr=config.inner.lr,
                remat=config.inner.remat if remat is None else remat,
-               spurious=config.data.spurious)
+               spurious=config.data.spurious, task_chunk=config.task_chunk)
 
   @property
   def image_shape(self) -> tuple[int, int, int]:
@@ -101,16 +104,32 @@ def batched_outcomes(aug_params: Params, split: DeviceSplit, stream_key: jax.Arr
                      mesh: Mesh) -> tuple[jax.Array, dict]:
   """`task_outcome` for tasks `indices` [B] of a key stream, sharded over the mesh.
 
+  The B tasks are laid out as [devices, B / devices]; the first axis is
+  sharded over the mesh (one row per device) and vmapped, and each device
+  runs its row in chunks of `spec.task_chunk` vmapped tasks, chunks one after
+  another (`lax.map`). `task_chunk=0` vmaps a device's whole row at once.
+
   Returns per-task losses [B] and metrics {name: [B]}.
   """
-  indices = jax.lax.with_sharding_constraint(indices, task_sharded(mesh))
-  keys = jax.vmap(rng.task_keys, (None, 0))(stream_key, indices)
+  devices = mesh.devices.size
+  rows = indices.reshape(devices, -1)
+  rows = jax.lax.with_sharding_constraint(rows, NamedSharding(mesh, P(TASK_AXIS, None)))
+  per_device = rows.shape[1]
+  chunk = min(spec.task_chunk or per_device, per_device)
 
-  def outcome(task_key):
-    return task_outcome(aug_params, split, task_key, augmenter=augmenter,
-                        classifier=classifier, spec=spec)
+  def outcome(index):
+    return task_outcome(aug_params, split, rng.task_keys(stream_key, index),
+                        augmenter=augmenter, classifier=classifier, spec=spec)
 
-  return jax.vmap(outcome)(keys)
+  def device_row(row):
+    if chunk == per_device:
+      return jax.vmap(outcome)(row)
+    return jax.lax.map(outcome, row, batch_size=chunk)
+
+  if devices == 1:  # a size-1 vmap would leave a batch dim on every matmul
+    return device_row(rows[0])
+  losses, metrics = jax.vmap(device_row)(rows)
+  return losses.reshape(-1), jax.tree.map(lambda x: x.reshape(-1), metrics)
 
 
 def make_optimizer(outer_config, augmenter: Augmenter,

@@ -35,7 +35,8 @@ from autoaug_jax.metric_writers import MetricWriter, Progress, non_finite, quiet
 # Keys that may change between a run and its resumption: they do not change
 # the numbers of the meta-training trajectory.
 RESUMABLE_KEYS = ('num_meta_steps', 'eval.', 'log_every', 'checkpoint_every',
-                  'keep_checkpoints', 'num_devices', 'data.dir', 'inner.remat')
+                  'keep_checkpoints', 'num_devices', 'num_cpu_devices', 'data.dir',
+                  'inner.remat', 'task_chunk')
 
 
 class WorkdirError(RuntimeError):
@@ -182,6 +183,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list:
   """
   quiet_library_logs()
   validate(config)
+  sharding.configure_cpu_devices(config.num_cpu_devices)
   mesh = sharding.make_mesh(config.num_devices)
   sharding.check_divisible(config.meta_batch_size, mesh, 'meta_batch_size')
   val_enabled = config.eval.val_every > 0 and config.eval.val_tasks > 0
@@ -251,6 +253,8 @@ def _meta_train(config, state, splits, run: outer_step.MetaSetup, mesh, ckpts, w
     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
     if compile_start is not None:
       metrics['compile_and_first_step_s'] = time.perf_counter() - compile_start
+      logging.info('step %d done: compile + first step took %.1fs', step,
+                   metrics['compile_and_first_step_s'])
       compile_start = None
     _validate_step(metrics, step, ckpts)
     last = step == config.num_meta_steps
@@ -296,6 +300,7 @@ def evaluate_checkpoint(workdir: str, checkpoint: str = 'best', out_dir: str = '
   quiet_library_logs()
   config = load_workdir_config(workdir, overrides)
   validate(config)
+  sharding.configure_cpu_devices(config.num_cpu_devices)
   mesh = sharding.make_mesh(config.num_devices)
   run = outer_step.setup(config)
   augmenter, params = run.augmenter, run.initial_params

@@ -20,4 +20,8 @@ def get_config():
   config.eval.val_every = 40
   config.eval.val_tasks = 40
   config.checkpoint_every = 20
+  # CPU speed (BUILD_NOTES.md): one JAX device per core, tasks one at a time
+  # on each.
+  config.num_cpu_devices = 2
+  config.task_chunk = 1
   return lock(config)

@@ -37,6 +37,12 @@ def main():
   split = data.load_split(config.data, 'train', config.image_size)
   s4, m4, a4, hlo4, n4 = run(sharding.make_mesh(4), config, split)
   s1, m1, a1, _, n1 = run(sharding.make_mesh(1), config, split)
+  # Two tasks per device, run one after the other (the CPU layout), vs one vmap.
+  config.meta_batch_size = 8
+  config.task_chunk = 1
+  c4, cm4, _, _, _ = run(sharding.make_mesh(4), config, split)
+  config.task_chunk = 0
+  c1, cm1, _, _, _ = run(sharding.make_mesh(1), config, split)
   p4, p1 = jax.device_get(s4.params), jax.device_get(s1.params)
   diff = max(float(np.abs(a - b).max()) for a, b in
              zip(jax.tree.leaves(p4), jax.tree.leaves(p1), strict=True))
@@ -45,6 +51,11 @@ def main():
       'param_max_abs': max(float(np.abs(a).max()) for a in jax.tree.leaves(p1)),
       'meta_loss': [float(m4['meta_loss']), float(m1['meta_loss'])],
       'eval_acc_equal': bool(np.array_equal(a4, a1)),
+      'chunked_param_max_abs_diff': max(
+          float(np.abs(a - b).max()) for a, b in zip(
+              jax.tree.leaves(jax.device_get(c4.params)),
+              jax.tree.leaves(jax.device_get(c1.params)), strict=True)),
+      'chunked_meta_loss': [float(cm4['meta_loss']), float(cm1['meta_loss'])],
       'eval_len': int(a4.shape[0]),
       'devices_holding_params': [n4, n1],
       'all_reduce_in_4_device_program': 'all-reduce' in hlo4,

@@ -23,11 +23,15 @@ def test_flop_extrapolation_matches_a_full_unroll(tiny_config):
   tiny_config.inner.steps = 3
   assert benchmark.flop_count(tiny_config, mesh, split) == benchmark._flops(
       tiny_config, mesh, split, 3) < direct
+  # Running tasks one at a time (lax.map) must not hide FLOPs from the count.
+  tiny_config.task_chunk = 1
+  assert benchmark.flop_count(tiny_config, mesh, split) == benchmark._flops(
+      tiny_config, mesh, split, 3)
 
 
 def test_benchmark_result(tiny_config):
   result = benchmark.benchmark(tiny_config, steps=2, warmup=1, count_flops=False)
-  assert KEYS <= set(result)
+  assert set(result) >= KEYS
   assert result['meta_steps_per_s'] > 0 and result['compile_s'] > 0
   assert result['peak_memory_mb'] > 0 and len(result['step_times_s']) == 2
 
@@ -39,4 +43,4 @@ def test_cli_last_line_is_json():
                        timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   result = json.loads(out.stdout.strip().splitlines()[-1])
-  assert KEYS <= set(result) and result['flops_per_meta_step'] > 0
+  assert set(result) >= KEYS and result['flops_per_meta_step'] > 0

@@ -110,8 +110,11 @@ def test_remat_changes_nothing(tiny_config, tiny_splits):
   np.testing.assert_allclose(_flat(g_on), _flat(g_off), rtol=1e-4, atol=1e-8)
 
 
-def test_vmap_over_tasks_equals_loop_over_tasks(tiny_config, tiny_splits):
+@pytest.mark.parametrize('task_chunk', [0, 1, 2])
+def test_vmap_over_tasks_equals_loop_over_tasks(tiny_config, tiny_splits, task_chunk):
+  """task_chunk 0: one vmap over all tasks; 1: one task at a time; 2: chunks of 2 (and 1 left)."""
   tiny_config.meta_batch_size = 3
+  tiny_config.task_chunk = task_chunk
   meta_loss, params, run = _problem(tiny_config, tiny_splits['train'])
   dev = tasks.to_device(tiny_splits['train'])
   key = jax.random.fold_in(rng.stream(rng.root_key(0), 'train'), 7)
@@ -154,3 +157,18 @@ def test_first_order_approximation_gives_zero_augmenter_gradient(tiny_config, ti
 def test_spec_is_hashable_and_static(tiny_config):
   spec = outer_step.TaskSpec.from_config(tiny_config)
   assert hash(spec) == hash(dataclasses.replace(spec))
+
+
+@pytest.mark.parametrize('size', [12, 84])
+def test_other_image_sizes_run_end_to_end(tiny_config, size):
+  """Any multiple of 4 works: the augmenter halves and doubles, the classifier floors pools."""
+  from autoaug_jax import data
+  tiny_config.image_size = size
+  tiny_config.data.images_per_class = 4
+  tiny_config.task.k_shot, tiny_config.task.q_query = 1, 1
+  tiny_config.inner.steps = 1
+  split = data.load_split(tiny_config.data, 'train', size)
+  assert split.images.shape[1:] == (size, size, 3)
+  meta_loss, params, _ = _problem(tiny_config, split)
+  loss, grads = jax.jit(jax.value_and_grad(meta_loss))(params)
+  assert np.isfinite(float(loss)) and np.abs(_flat(grads)).max() > 0

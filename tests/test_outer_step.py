@@ -81,3 +81,5 @@ def test_four_device_mesh_equals_single_device():
   assert result['param_max_abs_diff'] <= 1e-6 * max(1.0, result['param_max_abs'])
   np.testing.assert_allclose(*result['meta_loss'], rtol=1e-6)
   assert result['eval_len'] == 6 and result['eval_acc_equal']
+  assert result['chunked_param_max_abs_diff'] <= 1e-6 * max(1.0, result['param_max_abs'])
+  np.testing.assert_allclose(*result['chunked_meta_loss'], rtol=1e-6)

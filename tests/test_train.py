@@ -37,15 +37,16 @@ def _train_lines(workdir):
     return [json.loads(line) for line in f if 'train/meta_loss' in line]
 
 
-def _run_cli(module, *args, timeout=600):
-  return subprocess.run([sys.executable, '-m', f'autoaug_jax.{module}', *args], cwd=REPO,
+def _run_cli(module, *args, cwd=REPO, timeout=600):
+  return subprocess.run([sys.executable, '-m', f'autoaug_jax.{module}', *args], cwd=cwd,
                         capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.mark.slow
 def test_main_then_evaluate_entry_points(tmp_path):
   workdir = tmp_path / 'run'
-  out = _run_cli('main', '--config=configs/tiny.py', f'--workdir={workdir}')
+  # A relative --workdir, as users type it.
+  out = _run_cli('main', f'--config={REPO}/configs/tiny.py', '--workdir=run', cwd=tmp_path)
   assert out.returncode == 0, out.stderr[-3000:]
   for name in ('config.json', 'metrics.jsonl', 'report.md', 'deltas.png', 'augmentations.png',
                'results.json'):
@@ -61,7 +62,7 @@ def test_main_then_evaluate_entry_points(tmp_path):
   assert results['header']['checkpoint'].startswith('best (step ')
 
   # Evaluating the best checkpoint again reproduces the report's per-task numbers.
-  out = _run_cli('evaluate', f'--workdir={workdir}', '--checkpoint=best')
+  out = _run_cli('evaluate', '--workdir=run', '--checkpoint=best', cwd=tmp_path)
   assert out.returncode == 0, out.stderr[-3000:]
   again = json.loads((workdir / 'eval_best' / 'results.json').read_text())
   assert again['per_task_accuracy'] == results['per_task_accuracy']
