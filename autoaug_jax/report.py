@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import textwrap
 from collections.abc import Mapping, Sequence
 
 import matplotlib
@@ -54,7 +55,7 @@ def plot_deltas(rows: Sequence[MethodSummary], path: str, title: str,
   ax.axhline(0, color='black', linewidth=0.8)
   ax.set_xticks(x, [r.method for r in rows], rotation=20)
   ax.set_ylabel(f'accuracy delta vs {baseline} (pp)')
-  ax.set_title(title, fontsize=9)
+  ax.set_title(textwrap.fill(title, 70), fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
@@ -91,12 +92,12 @@ def save_grid_figure(examples: Mapping[str, tuple[np.ndarray, np.ndarray]], path
   """`augmentation_grid` with method names, as a PNG."""
   grid = augmentation_grid(examples)
   rows = 2 * len(examples)
-  fig, ax = plt.subplots(figsize=(grid.shape[1] / 40 + 1.6, grid.shape[0] / 40 + 0.4))
+  fig, ax = plt.subplots(figsize=(grid.shape[1] / 40 + 2.4, grid.shape[0] / 40 + 0.4))
   ax.imshow(grid, interpolation='nearest')
   ax.set_xticks([])
   row_h = grid.shape[0] / rows
   ax.set_yticks([(i + 0.5) * row_h for i in range(rows)],
-                [f'{m} {part}' for m in examples for part in ('original', 'synthetic')],
+                [f'{m}\n{part}' for m in examples for part in ('original', 'synthetic')],
                 fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
