@@ -1,0 +1,33 @@
+"""Every config file: loads, is locked, validates, and documents its own command line."""
+
+import pathlib
+
+import pytest
+from conftest import REPO, load_config
+
+from autoaug_jax.config_schema import validate
+
+CONFIGS = sorted(p.stem for p in (REPO / 'configs').glob('*.py'))
+
+
+def test_all_expected_configs_exist():
+  assert {'default', 'paper', 'tiny'} <= set(CONFIGS)
+
+
+@pytest.mark.parametrize('name', CONFIGS)
+def test_config_is_locked_valid_and_documented(name):
+  config = load_config(name)
+  validate(config)
+  assert config.is_locked
+  with pytest.raises(AttributeError):
+    config.no_such_key = 1
+  text = pathlib.Path(REPO / 'configs' / f'{name}.py').read_text()
+  assert f'python -m autoaug_jax.main --config=configs/{name}.py --workdir=' in text
+
+
+def test_paper_config_matches_section_4_1():
+  c = load_config('paper')
+  assert (c.task.n_way, c.task.k_shot, c.task.q_query) == (3, 5, 5)
+  assert (c.inner.steps, c.meta_batch_size, c.num_meta_steps, c.image_size) == (20, 4, 500, 128)
+  assert c.augmenter.noise_std ** 2 == pytest.approx(0.01)
+  assert c.eval.num_tasks == 100
