@@ -47,11 +47,11 @@ class TaskSpec:
   task_chunk: int = 0
 
   @classmethod
-  def from_config(cls, config, remat: bool | None = None) -> TaskSpec:
+  def from_config(cls, config) -> TaskSpec:
     return cls(n_way=config.task.n_way, k_shot=config.task.k_shot,
                q_query=config.task.q_query, image_size=config.image_size,
                inner_steps=config.inner.steps, inner_lr=config.inner.lr,
-               remat=config.inner.remat if remat is None else remat,
+               remat=config.inner.remat,
                spurious=config.data.spurious, task_chunk=config.task_chunk)
 
   @property
