@@ -77,8 +77,7 @@ def _peak_memory_mb() -> tuple[float, str]:
 def benchmark(config, steps: int = 5, warmup: int = 2, count_flops: bool = True) -> dict:
   """Runs the measurements described in the module docstring; returns the result dict."""
   validate(config)
-  sharding.configure_cpu_devices(config.num_cpu_devices)
-  mesh = sharding.make_mesh(config.num_devices)
+  mesh = sharding.mesh_from_config(config)
   sharding.check_divisible(config.meta_batch_size, mesh, 'meta_batch_size')
   split = tasks.to_device(load_splits(config, ('train',))['train'], sharding.replicated(mesh))
   run = outer_step.setup(config)

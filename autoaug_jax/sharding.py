@@ -52,6 +52,12 @@ def make_mesh(num_devices: int = 0) -> Mesh:
               axis_types=(jax.sharding.AxisType.Auto,))
 
 
+def mesh_from_config(config) -> Mesh:
+  """The task mesh a config asks for (`num_cpu_devices`, then `num_devices`)."""
+  configure_cpu_devices(config.num_cpu_devices)
+  return make_mesh(config.num_devices)
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 

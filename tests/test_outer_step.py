@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 
 import jax
 import numpy as np
@@ -62,8 +63,12 @@ def test_learned_params_move_and_frozen_params_do_not(tiny_config, tiny_splits):
 
 
 def test_meta_batch_must_split_over_devices():
-  mesh = sharding.make_mesh(1)
-  sharding.check_divisible(3, mesh, 'meta_batch_size')
+  two_devices = types.SimpleNamespace(devices=np.empty(2))  # only .devices.size is read
+  sharding.check_divisible(4, two_devices, 'meta_batch_size')
+  with pytest.raises(ConfigError, match=r'meta_batch_size=3 does not split evenly over 2 '
+                                        r'devices; .*meta_batch_size=4'):
+    sharding.check_divisible(3, two_devices, 'meta_batch_size')
+  assert sharding.padded(3, two_devices) == 4
   with pytest.raises(ConfigError, match='num_devices=9 but only'):
     sharding.make_mesh(9)
 
