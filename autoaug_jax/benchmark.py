@@ -17,11 +17,20 @@ Measures, on the config's task shape and devices:
   program is affine in I from I = 2 on, to 1e-4; at I = 1 XLA drops the
   remat of the lone step); achieved_gflops = flops x meta_steps_per_s.
 The last line printed is one JSON object with all of these.
+
+With --data_only it measures the dataset instead (no meta-step): seconds to
+load the three class splits, host peak RSS, and the bytes the uint8 splits
+take on each device (plus the device's own bytes_in_use where reported), and
+the resident memory once the host copies are dropped, as training drops them:
+
+  python -m autoaug_jax.benchmark --config=configs/paper.py --data_only
 """
 
 from __future__ import annotations
 
+import gc
 import json
+import os
 import resource
 import statistics
 import sys
@@ -33,13 +42,15 @@ from ml_collections import config_flags
 
 from autoaug_jax import outer_step, sharding, tasks
 from autoaug_jax.config_schema import validate
-from autoaug_jax.train import USER_ERRORS, load_splits
+from autoaug_jax.train import USER_ERRORS, load_splits, to_device
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'A configs/*.py file.',
                                           lock_config=True)
 _STEPS = flags.DEFINE_integer('steps', 5, 'Timed meta-steps (median reported).')
 _WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed meta-steps after compilation.')
 _FLOPS = flags.DEFINE_boolean('flops', True, 'Count FLOPs (two extra small compiles).')
+_DATA_ONLY = flags.DEFINE_boolean('data_only', False,
+                                  'Measure loading and placing the dataset only.')
 flags.mark_flags_as_required(['config'])
 
 
@@ -74,12 +85,49 @@ def _peak_memory_mb() -> tuple[float, str]:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 'host peak RSS'
 
 
+def _current_rss_mb() -> float:
+  with open('/proc/self/statm') as f:
+    return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20
+
+
+def data_benchmark(config) -> dict:
+  """Load time and memory of the configured dataset's three splits on the config's mesh."""
+  validate(config)
+  mesh = sharding.mesh_from_config(config)
+  rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  start = time.perf_counter()
+  splits = load_splits(config)
+  load_s = time.perf_counter() - start
+  per_device = tasks.check_memory(list(splits.values()), mesh.devices.flatten().tolist())
+  placed = to_device(splits, mesh)
+  jax.block_until_ready(placed)
+  summary = {k: (int(s.images.shape[0]), s.images.nbytes / 2**20) for k, s in splits.items()}
+  del splits  # as training does: only the device copies stay
+  gc.collect()
+  stats = mesh.devices.flat[0].memory_stats() or {}
+  d = mesh.devices.flat[0]
+  return {
+      'dataset': config.data.name,
+      'image_size': config.image_size,
+      'images_per_class': config.data.images_per_class,
+      'images': {k: v[0] for k, v in summary.items()},
+      'load_s': load_s,
+      'split_mb': {k: v[1] for k, v in summary.items()},
+      'per_device_mb': per_device / 2**20,
+      'device_bytes_in_use_mb': stats.get('bytes_in_use', float('nan')) / 2**20,
+      'host_peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+      'host_rss_after_load_mb': _current_rss_mb(),
+      'host_rss_before_load_mb': rss_before,
+      'devices': f'{mesh.devices.size} x {d.platform} ({d.device_kind})',
+  }
+
+
 def benchmark(config, steps: int = 5, warmup: int = 2, count_flops: bool = True) -> dict:
   """Runs the measurements described in the module docstring; returns the result dict."""
   validate(config)
   mesh = sharding.mesh_from_config(config)
   sharding.check_divisible(config.meta_batch_size, mesh, 'meta_batch_size')
-  split = tasks.to_device(load_splits(config, ('train',))['train'], sharding.replicated(mesh))
+  split = to_device(load_splits(config, ('train',)), mesh)['train']
   run = outer_step.setup(config)
   state = run.init_state(config.seed, mesh)
   meta_step = run.meta_step(mesh, config.meta_batch_size)
@@ -134,7 +182,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   try:
-    result = benchmark(_CONFIG.value, _STEPS.value, _WARMUP.value, _FLOPS.value)
+    if _DATA_ONLY.value:
+      result = data_benchmark(_CONFIG.value)
+    else:
+      result = benchmark(_CONFIG.value, _STEPS.value, _WARMUP.value, _FLOPS.value)
   except USER_ERRORS as e:
     logging.error('%s', e)
     sys.exit(f'error: {e}')

@@ -24,11 +24,30 @@ def base_config() -> ml_collections.ConfigDict:
   c.image_size = 32
 
   c.data = ml_collections.ConfigDict()
+  # 'glyphs' (embedded), 'mini_imagenet' (prepared by autoaug_jax.data.prepare)
+  # or 'tfds' (any dataset already in a local TFDS data_dir; see data.tfds).
   c.data.name = 'glyphs'
-  # Where dataset files live or are cached; '' means the default cache
-  # (~/.cache/autoaug_jax, or $AUTOAUG_JAX_CACHE).
+  # glyphs: cache folder ('' = ~/.cache/autoaug_jax or $AUTOAUG_JAX_CACHE);
+  # mini_imagenet and tfds: the TFDS data_dir (for mini_imagenet, the prepare
+  # command's --out); '' = $TFDS_DATA_DIR or ~/tensorflow_datasets.
   c.data.dir = ''
+  # Images kept per class, a seeded subset (the paper uses 60 of
+  # MiniImagenet's 600); 0 keeps all. For glyphs, the number rendered.
   c.data.images_per_class = 60
+  c.data.subset_seed = 0
+  c.data.tfds = ml_collections.ConfigDict()
+  c.data.tfds.name = ''  # e.g. 'cifar100', 'omniglot', 'imagenette/320px'
+  # TFDS splits pooled before the class split, e.g. 'train+test' ('' = all).
+  c.data.tfds.splits = ''
+  c.data.tfds.image_key = 'image'
+  c.data.tfds.label_key = 'label'
+  # Explicit class split (names or label ids); if empty, a seeded split of
+  # all classes by proportions (train, val, test).
+  c.data.tfds.train_classes = ()
+  c.data.tfds.val_classes = ()
+  c.data.tfds.test_classes = ()
+  c.data.tfds.proportions = (0.64, 0.16, 0.20)
+  c.data.tfds.split_seed = 0
   # Strength in [0, 1] of a class-tied background colour painted on support
   # images only (never on queries): the spurious correlation of Section 1.
   c.data.spurious = 0.0
@@ -153,6 +172,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
            f"classifier.conv_impl={config.classifier.conv_impl!r}: choose 'patches' or 'native'.")
   _require(config.outer.optimizer in ('adam', 'sgd'),
            f"outer.optimizer={config.outer.optimizer!r}: choose 'adam' or 'sgd'.")
+  _require(isinstance(config.data.images_per_class, int) and config.data.images_per_class >= 0,
+           f'data.images_per_class={config.data.images_per_class!r} must be >= 0 (0: all).')
+  _require(config.data.name != 'glyphs' or config.data.images_per_class >= 1,
+           'data.images_per_class=0 means "all", but glyphs are rendered: give a number.')
+  _require(config.data.name != 'tfds' or bool(config.data.tfds.name),
+           'data.name=tfds needs data.tfds.name, e.g. --config.data.tfds.name=cifar100.')
   _require(0.0 <= config.data.spurious <= 1.0,
            f'data.spurious={config.data.spurious} must lie in [0, 1].')
   _require(config.augmenter.noise_std >= 0,

@@ -18,7 +18,7 @@ import numpy as np
 from flax import struct
 
 from autoaug_jax.config_schema import ConfigError
-from autoaug_jax.data.split import FewShotSplit
+from autoaug_jax.data.split import FewShotSplit, host_available_bytes
 
 
 @struct.dataclass
@@ -68,6 +68,43 @@ def to_device(split: FewShotSplit, sharding: jax.sharding.Sharding | None = None
         f'{split.name}: could not place {split.images.nbytes / 2**20:.0f} MiB of uint8 images '
         f'on {jax.devices()[0].platform}: {e}. Use a smaller image_size or fewer '
         'data.images_per_class.') from e
+
+
+# Share of free memory the splits may take: the compiled meta-step needs the rest.
+_MEMORY_SHARE = 0.5
+
+
+def _free_bytes(device: jax.Device) -> tuple[int | None, str]:
+  """Free memory of a device (accelerators) or of the host (CPU devices share it)."""
+  if device.platform != 'cpu':
+    stats = device.memory_stats() or {}
+    if 'bytes_limit' in stats:
+      return stats['bytes_limit'] - stats.get('bytes_in_use', 0), f'{device.device_kind} memory'
+    return None, ''
+  return host_available_bytes(), 'available host memory'
+
+
+def check_memory(splits: list[FewShotSplit], devices: list[jax.Device]) -> int:
+  """Refuses, before any transfer, splits that would not fit once replicated on `devices`.
+
+  Every device holds its own copy of each split (uint8 images and masks);
+  on CPU the copies of all local devices share host memory. Returns the
+  bytes placed per device.
+  """
+  per_device = sum(s.images.nbytes + (s.masks.nbytes if s.masks is not None else 0)
+                   for s in splits)
+  local = [d for d in devices if d.process_index == jax.process_index()]
+  free, what = _free_bytes(local[0])
+  copies = len(local) if local[0].platform == 'cpu' else 1
+  if free is not None and per_device * copies > _MEMORY_SHARE * free:
+    names = ', '.join(f'{s.name} {s.images.nbytes / 2**30:.2f} GiB' for s in splits)
+    raise ConfigError(
+        f'The dataset does not fit: {names} as uint8, times {copies} device copies, is '
+        f'{per_device * copies / 2**30:.2f} GiB, more than half of the {free / 2**30:.2f} GiB '
+        f'{what} (the rest is for the meta-step). Keep fewer images with '
+        'data.images_per_class (the paper uses 60), lower image_size, or on CPU use fewer '
+        'devices (num_cpu_devices).')
+  return per_device
 
 
 def check_task_shape(split: FewShotSplit, n_way: int, k_shot: int, q_query: int) -> None:

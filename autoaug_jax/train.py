@@ -30,6 +30,7 @@ from autoaug_jax.augmenters import Augmenter, make_augmenter
 from autoaug_jax.checkpointing import CheckpointError, Checkpoints
 from autoaug_jax.classifiers import make_classifier
 from autoaug_jax.config_schema import ConfigError, base_config, validate
+from autoaug_jax.data import DataError
 from autoaug_jax.metric_writers import MetricWriter, Progress, non_finite, quiet_library_logs
 
 # Keys that may change between a run and its resumption: they do not change
@@ -49,7 +50,8 @@ class NonFiniteLossError(RuntimeError):
   """Meta-training produced NaN/inf; the last good checkpoint is kept."""
 
 
-USER_ERRORS = (ConfigError, WorkdirError, CheckpointError, NonFiniteLossError, MemoryError)
+USER_ERRORS = (ConfigError, DataError, WorkdirError, CheckpointError, NonFiniteLossError,
+               MemoryError)
 
 
 def _flatten(d: dict, prefix: str = '') -> dict[str, Any]:
@@ -100,7 +102,22 @@ def load_splits(config, names=('train', 'val', 'test')) -> dict[str, data.FewSho
     split = data.load_split(config.data, name, config.image_size)
     tasks.check_task_shape(split, config.task.n_way, config.task.k_shot, config.task.q_query)
     splits[name] = split
+  data.clear_caches()
   return splits
+
+
+def to_device(splits: dict[str, data.FewShotSplit], mesh) -> dict[str, tasks.DeviceSplit]:
+  """Checks the splits fit, then replicates them over the mesh.
+
+  Callers drop the host copies afterwards: on CPU, the device buffers are
+  separate copies in the same host memory.
+  """
+  placed = tasks.check_memory(list(splits.values()), mesh.devices.flatten().tolist())
+  logging.info('Dataset: %s; %.0f MiB of uint8 images per device.',
+               ', '.join(f'{s.name} {s.num_classes} classes x {s.images.shape[0]} images'
+                         for s in splits.values()), placed / 2**20)
+  rep = sharding.replicated(mesh)
+  return {name: tasks.to_device(split, rep) for name, split in splits.items()}
 
 
 def eval_methods(config, augmenter: Augmenter, params) -> dict[str, tuple[Augmenter, Any]]:
@@ -132,11 +149,12 @@ def _device_summary(mesh) -> str:
 
 
 def run_evaluation(config, params, augmenter: Augmenter, out_dir: str, *,
-                   checkpoint_label: str, mesh, test_split=None) -> list:
+                   checkpoint_label: str, mesh, test_split: tasks.DeviceSplit | None = None
+                   ) -> list:
   """Evaluates every method on the test tasks and writes the report into out_dir."""
   if test_split is None:
-    test_split = load_splits(config, ('test',))['test']
-  device_split = tasks.to_device(test_split, sharding.replicated(mesh))
+    test_split = to_device(load_splits(config, ('test',)), mesh)['test']
+  device_split = test_split
   classifier = make_classifier(config)
   spec = outer_step.TaskSpec.from_config(config)
   stream = evaluation.eval_stream(config.eval.task_seed, 'test')
@@ -188,6 +206,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list:
   sharding.check_divisible(config.meta_batch_size, mesh, 'meta_batch_size')
   val_enabled = config.eval.val_every > 0 and config.eval.val_tasks > 0
   splits = load_splits(config, ('train', 'val', 'test') if val_enabled else ('train', 'test'))
+  splits = to_device(splits, mesh)  # refuses a dataset that does not fit, before any write
   prepare_workdir(workdir, config)
 
   run = outer_step.setup(config)
@@ -228,12 +247,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list:
 
 def _meta_train(config, state, splits, run: outer_step.MetaSetup, mesh, ckpts, writer) -> None:
   augmenter, classifier, spec = run.augmenter, run.classifier, run.spec
-  rep = sharding.replicated(mesh)
-  train_split = tasks.to_device(splits['train'], rep)
+  train_split = splits['train']
   meta_step = run.meta_step(mesh, config.meta_batch_size)
   val = None
   if 'val' in splits:
-    val_split = tasks.to_device(splits['val'], rep)
+    val_split = splits['val']
     val_stream = evaluation.eval_stream(config.eval.task_seed, 'val')
     val_fn = evaluation.make_eval_fn(augmenter, classifier, spec, mesh)
     val = (val_split, val_stream, val_fn)

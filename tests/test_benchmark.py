@@ -36,6 +36,16 @@ def test_benchmark_result(tiny_config):
   assert result['peak_memory_mb'] > 0 and len(result['step_times_s']) == 2
 
 
+def test_data_benchmark_counts_the_bytes_placed(tiny_config):
+  result = benchmark.data_benchmark(tiny_config)
+  n = tiny_config.image_size
+  expected = {k: v * n * n * 3 / 2**20 for k, v in result['images'].items()}
+  assert result['split_mb'] == pytest.approx(expected)
+  # glyph masks ride along: one more byte per pixel
+  assert result['per_device_mb'] == pytest.approx(sum(expected.values()) * 4 / 3)
+  assert result['images'] == {'train': 64 * 8, 'val': 16 * 8, 'test': 20 * 8}
+
+
 @pytest.mark.slow
 def test_cli_last_line_is_json():
   out = subprocess.run([sys.executable, '-m', 'autoaug_jax.benchmark', '--config=configs/tiny.py',

@@ -1,15 +1,23 @@
 """Datasets: registry of loaders returning a `FewShotSplit` per class split.
 
 A loader is `load_split(data_config, split, image_size) -> FewShotSplit` with
-split one of 'train', 'val', 'test' (disjoint classes). New sources register
-here by name; `config.data.name` selects one.
+split one of 'train', 'val', 'test' (disjoint classes). `config.data.name`
+selects one:
+
+- `glyphs`: the embedded dataset, rendered from fonts (no files needed);
+- `mini_imagenet`: MiniImagenet prepared once by `python -m
+  autoaug_jax.data.prepare` into `data.dir`;
+- `tfds`: any image-classification dataset already in a local TFDS
+  `data.dir`, with a class split from the config.
 """
 
-from autoaug_jax.data import glyphs
-from autoaug_jax.data.split import FewShotSplit
+from autoaug_jax.data import glyphs, mini_imagenet, tfds_source
+from autoaug_jax.data.split import DataError, FewShotSplit
 
 DATASETS = {
     'glyphs': glyphs.load_split,
+    'mini_imagenet': mini_imagenet.load_split,
+    'tfds': tfds_source.load_split,
 }
 
 
@@ -21,4 +29,9 @@ def load_split(data_config, split: str, image_size: int) -> FewShotSplit:
   return DATASETS[data_config.name](data_config, split, image_size)
 
 
-__all__ = ['DATASETS', 'FewShotSplit', 'load_split']
+def clear_caches() -> None:
+  """Frees host copies kept while a dataset's splits are loaded one after another."""
+  tfds_source.clear_cache()
+
+
+__all__ = ['DATASETS', 'DataError', 'FewShotSplit', 'clear_caches', 'load_split']

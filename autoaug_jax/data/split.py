@@ -1,7 +1,7 @@
 """The host-side container every dataset loader returns: one split's images and labels.
 
-Loaders (embedded glyphs now; MiniImagenet and TFDS sources plug in beside it)
-all produce a `FewShotSplit`; the task sampler (`autoaug_jax.tasks`) moves it
+Loaders (embedded glyphs, prepared MiniImagenet, any local TFDS dataset) all
+produce a `FewShotSplit`; the task sampler (`autoaug_jax.tasks`) moves it
 to the device once as uint8 and draws N-way K-shot tasks from it there.
 Classes may hold different numbers of images: `class_table` pads them into a
 rectangular index so that sampling stays one vectorised gather.
@@ -10,8 +10,13 @@ rectangular index so that sampling stays one vectorised gather.
 from __future__ import annotations
 
 import dataclasses
+import zlib
 
 import numpy as np
+
+
+class DataError(ValueError):
+  """Dataset files that cannot be used; the message names the file and the fix."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,3 +78,25 @@ class FewShotSplit:
       index[c, :counts[c]] = members
       index[c, counts[c]:] = members[0] if counts[c] else 0
     return index, counts
+
+
+def seeded_subset(count: int, per_class: int, seed: int, class_name: str) -> np.ndarray:
+  """Sorted positions of a seeded subset of `per_class` of a class's `count` images (0: all).
+
+  Depends only on the seed and the class name, so a class keeps the same
+  images whichever split or dataset order it appears in.
+  """
+  if per_class <= 0 or per_class >= count:
+    return np.arange(count)
+  rng = np.random.default_rng([seed, zlib.crc32(class_name.encode())])
+  return np.sort(rng.choice(count, per_class, replace=False))
+
+
+def host_available_bytes() -> int | None:
+  """The host's available memory (Linux `MemAvailable`), or None where unknown."""
+  try:
+    with open('/proc/meminfo') as f:
+      info = dict(line.split(':', 1) for line in f)
+    return int(info['MemAvailable'].split()[0]) * 1024
+  except (OSError, KeyError, ValueError):
+    return None
