@@ -33,6 +33,37 @@ def patches_3x3(x: jax.Array) -> jax.Array:
       [xp[:, dy:dy + h, dx:dx + w, :] for dy in range(3) for dx in range(3)], axis=-1)
 
 
+def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: int = 0,
+           impl: str = 'patches') -> jax.Array:
+  """k x k convolution, no bias, symmetric zero padding (the ResNet trunk's convs).
+
+  Args:
+    x: [n, H, W, C].
+    kernel: [k, k, C, O].
+    stride: spatial stride.
+    padding: zero rows/columns added on each side.
+    impl: 'patches' (strided slices concatenated, then one matmul) or 'native'.
+
+  Returns:
+    [n, (H + 2p - k) // stride + 1, (W + 2p - k) // stride + 1, O].
+  """
+  k, _, c, o = kernel.shape
+  if impl == 'native':
+    return jax.lax.conv_general_dilated(x, kernel, (stride, stride), [(padding, padding)] * 2,
+                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  if impl != 'patches':
+    raise ValueError(f"conv impl {impl!r}: choose 'patches' or 'native'.")
+  if k == 1 and padding == 0:
+    return x[:, ::stride, ::stride, :] @ kernel.reshape(c, o)
+  _, h, w, _ = x.shape
+  ho, wo = (h + 2 * padding - k) // stride + 1, (w + 2 * padding - k) // stride + 1
+  xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+  patches = jnp.concatenate(
+      [xp[:, dy:dy + stride * (ho - 1) + 1:stride, dx:dx + stride * (wo - 1) + 1:stride, :]
+       for dy in range(k) for dx in range(k)], axis=-1)
+  return patches @ kernel.reshape(k * k * c, o)
+
+
 class Conv3x3(nn.Module):
   """3x3 convolution, stride 1, zero padding 1 (the paper's classifier convs).
 

@@ -174,6 +174,13 @@ def _require_dict(path: str, obj, keys: tuple[str, ...]) -> dict:
   return obj
 
 
+def _take(images: np.ndarray, idx: np.ndarray) -> np.ndarray:
+  """images[idx], as a view (no copy) when idx is a contiguous run, as it usually is."""
+  if idx.size and np.array_equal(idx, np.arange(idx[0], idx[0] + idx.size)):
+    return images[idx[0]:idx[0] + idx.size]
+  return images[idx]
+
+
 def _read_learn2learn(path: str, split: str) -> list[RawClass]:
   obj = _require_dict(path, load_pickle(path, split), ('image_data', 'class_dict'))
   images = _check_images(path, obj['image_data'])
@@ -183,7 +190,7 @@ def _read_learn2learn(path: str, split: str) -> list[RawClass]:
     if idx.ndim != 1 or (idx.size and (idx.min() < 0 or idx.max() >= len(images))):
       raise DataError(f'{path}: class {name!r} lists image indices outside [0, {len(images)}); '
                       'the file is inconsistent. Download it again.')
-    classes.append(RawClass(str(name), arrays=images[idx]))
+    classes.append(RawClass(str(name), arrays=_take(images, idx)))
   return classes
 
 
@@ -199,7 +206,8 @@ def _read_rfs(path: str, split: str) -> list[RawClass]:
   if unknown:
     raise DataError(f'{path}: labels {unknown[:5]} have no entry in catname2label. Download the '
                     'file again.')
-  return [RawClass(names[c], arrays=images[labels == c]) for c in np.unique(labels)]
+  return [RawClass(names[c], arrays=_take(images, np.flatnonzero(labels == c)))
+          for c in np.unique(labels)]
 
 
 def _read_csv(path: str, split: str) -> list[RawClass]:

@@ -1,0 +1,93 @@
+"""ResNet weights: the real loading path on a tiny saved model; our apply against transformers."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from autoaug_jax import resnet
+
+TINY = dict(embedding_size=8, hidden_sizes=[8, 16, 16, 24], depths=[1, 2, 1, 1],
+            layer_type='bottleneck')
+
+
+@pytest.fixture(scope='module')
+def saved(tmp_path_factory):
+  """A tiny random ResNet with non-trivial BatchNorm statistics, saved with save_pretrained."""
+  from transformers import FlaxResNetModel, ResNetConfig
+  model = FlaxResNetModel(ResNetConfig(**TINY), input_shape=(1, 32, 32, 3), seed=3)
+  key = iter(jax.random.split(jax.random.key(7), 10_000))
+  stats = jax.tree.map(lambda x: x + 0.3 * jax.random.uniform(next(key), x.shape),
+                       model.params['batch_stats'])
+  model.params = {'params': model.params['params'], 'batch_stats': stats}
+  path = tmp_path_factory.mktemp('resnet') / 'tiny-resnet'
+  model.save_pretrained(str(path))
+  with open(path / 'preprocessor_config.json', 'w') as f:
+    json.dump({'image_mean': [0.5, 0.5, 0.5], 'image_std': [0.25, 0.25, 0.25]}, f)
+  return path, model
+
+
+def test_loads_through_from_pretrained(saved):
+  path, model = saved
+  loaded = resnet.load(str(path))
+  assert loaded.source == str(path)
+  assert loaded.arch == resnet.Architecture(8, (8, 16, 16, 24), (1, 2, 1, 1))
+  assert (loaded.mean, loaded.std) == ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+  jax.tree.map(np.testing.assert_array_equal, loaded.variables, model.params)
+
+
+@pytest.mark.parametrize('impl', ['patches', 'native'])
+def test_apply_matches_transformers(saved, impl):
+  path, model = saved
+  loaded = resnet.load(str(path))
+  x = jax.random.normal(jax.random.key(0), (2, 40, 40, 3))
+  ours = resnet.apply(loaded.arch, loaded.variables, x, impl=impl)
+  # transformers' Flax ResNet takes and returns channels-first through its public call.
+  theirs = jnp.transpose(model(jnp.transpose(x, (0, 3, 1, 2))).last_hidden_state, (0, 2, 3, 1))
+  assert ours.shape == (2, 2, 2, 24)
+  np.testing.assert_allclose(ours, theirs, rtol=2e-4, atol=2e-4)
+
+
+def test_split_at_any_block_equals_the_whole(saved):
+  loaded = resnet.load(str(saved[0]))
+  x = jax.random.normal(jax.random.key(1), (3, 32, 32, 3))
+  whole = resnet.apply(loaded.arch, loaded.variables, x)
+  for k in range(loaded.arch.num_blocks + 1):
+    bottom = resnet.apply(loaded.arch, loaded.variables, x, -1, k)
+    top_vars = resnet.block_variables(loaded.arch, loaded.variables, k)
+    np.testing.assert_allclose(resnet.apply(loaded.arch, top_vars, bottom, k), whole,
+                               rtol=1e-5, atol=1e-5)
+  assert 'embedder' not in resnet.block_variables(loaded.arch, loaded.variables, 0)['params']
+
+
+def test_random_init_is_resnet50_shaped_without_weights():
+  arch = resnet.Architecture.from_hf(__import__('transformers').ResNetConfig())
+  assert (arch.depths, arch.hidden_sizes, arch.num_blocks) == ((3, 4, 6, 3),
+                                                               (256, 512, 1024, 2048), 16)
+  tiny = resnet.load('', seed=1, config_overrides=TINY)
+  assert tiny.source == 'random init (seed 1)' and tiny.arch.num_blocks == 5
+
+
+def test_missing_or_wrong_directories(tmp_path):
+  with pytest.raises(resnet.WeightsError, match=r'No ResNet weights directory at .*nowhere.*'
+                                                'save_pretrained'):
+    resnet.load(str(tmp_path / 'nowhere'))
+  with pytest.raises(resnet.WeightsError, match='no config.json'):
+    resnet.load(str(tmp_path))
+  (tmp_path / 'config.json').write_text(json.dumps({'model_type': 'resnet'}))
+  with pytest.raises(resnet.WeightsError, match='holds no weights'):
+    resnet.load(str(tmp_path))
+
+
+def test_pytorch_only_directory_needs_torch(tmp_path):
+  try:
+    import torch  # noqa: F401
+    pytest.skip('torch is installed: the conversion path itself is exercised elsewhere')
+  except ImportError:
+    pass
+  (tmp_path / 'config.json').write_text(json.dumps({'model_type': 'resnet'}))
+  (tmp_path / 'model.safetensors').write_bytes(b'')
+  with pytest.raises(resnet.WeightsError, match=r'only PyTorch weights.*torch'):
+    resnet.load(str(tmp_path))
