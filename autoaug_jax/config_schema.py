@@ -10,6 +10,8 @@ compiled. Dataset-dependent checks (class and image counts) live in
 
 from __future__ import annotations
 
+import os
+
 import ml_collections
 
 # Methods the paired evaluation can run. `learned` is the meta-trained
@@ -80,6 +82,11 @@ def base_config() -> ml_collections.ConfigDict:
   # Latent noise; std 0.1 is the paper's variance 0.01 (Section 4.4).
   c.augmenter.noise_std = 0.1
   c.augmenter.latent_channels = 8
+  # resnet50: a local Hugging Face ResNet directory (save_pretrained output);
+  # '' = random initialisation. With frozen=True only its decoder trains.
+  c.augmenter.weights = ''
+  # Convolutions of the ResNet trunk: 'patches' (fast on CPU) or 'native'.
+  c.augmenter.conv_impl = 'patches'
   # Fixed augmentations baseline (Section 4.1, item 3).
   c.augmenter.fixed = ml_collections.ConfigDict()
   c.augmenter.fixed.flip = True
@@ -168,6 +175,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
            '(the augmenter halves and doubles it; the classifier pools three times).')
   _require(config.inner.lr > 0, f'inner.lr={config.inner.lr} must be positive.')
   _require(config.outer.lr > 0, f'outer.lr={config.outer.lr} must be positive.')
+  weights = config.augmenter.weights
+  _require(not weights or os.path.isdir(os.path.expanduser(weights)),
+           f'augmenter.weights={weights!r} is not a directory. Give a local Hugging Face ResNet '
+           "directory (save_pretrained output), or '' for random initialisation.")
+  _require(config.augmenter.conv_impl in ('patches', 'native'),
+           f"augmenter.conv_impl={config.augmenter.conv_impl!r}: choose 'patches' or 'native'.")
   _require(config.classifier.conv_impl in ('patches', 'native'),
            f"classifier.conv_impl={config.classifier.conv_impl!r}: choose 'patches' or 'native'.")
   _require(config.outer.optimizer in ('adam', 'sgd'),

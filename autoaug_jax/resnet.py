@@ -91,9 +91,10 @@ class Pretrained:
   source: str  # 'random init (seed N)' or the directory the weights came from
 
 
-def _normalisation(weights_dir: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-  path = os.path.join(weights_dir, 'preprocessor_config.json')
-  if os.path.exists(path):
+def normalisation(weights_dir: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+  """(mean, std) from the directory's preprocessor_config.json, else ImageNet's."""
+  path = os.path.join(os.path.expanduser(weights_dir), 'preprocessor_config.json')
+  if weights_dir and os.path.exists(path):
     with open(path) as f:
       cfg = json.load(f)
     if 'image_mean' in cfg and 'image_std' in cfg:
@@ -141,7 +142,7 @@ def load(weights_dir: str, *, seed: int = 0, config_overrides: dict | None = Non
   else:
     raise WeightsError(f'{path} holds no weights (flax_model.msgpack, model.safetensors or '
                        f'pytorch_model.bin); found {sorted(files)}.')
-  mean, std = _normalisation(path)
+  mean, std = normalisation(path)
   params = jax.tree.map(np.asarray, model.params)
   return Pretrained(Architecture.from_hf(model.config), params, mean, std, path)
 

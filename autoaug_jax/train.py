@@ -32,6 +32,7 @@ from autoaug_jax.classifiers import make_classifier
 from autoaug_jax.config_schema import ConfigError, base_config, validate
 from autoaug_jax.data import DataError
 from autoaug_jax.metric_writers import MetricWriter, Progress, non_finite, quiet_library_logs
+from autoaug_jax.resnet import WeightsError
 
 # Keys that may change between a run and its resumption: they do not change
 # the mathematics of the meta-training trajectory. (Device layout and remat do
@@ -50,8 +51,8 @@ class NonFiniteLossError(RuntimeError):
   """Meta-training produced NaN/inf; the last good checkpoint is kept."""
 
 
-USER_ERRORS = (ConfigError, DataError, WorkdirError, CheckpointError, NonFiniteLossError,
-               MemoryError)
+USER_ERRORS = (ConfigError, DataError, WeightsError, WorkdirError, CheckpointError,
+               NonFiniteLossError, MemoryError)
 
 
 def _flatten(d: dict, prefix: str = '') -> dict[str, Any]:
@@ -173,7 +174,9 @@ def run_evaluation(config, params, augmenter: Augmenter, out_dir: str, *,
               f'{config.image_size}, {config.inner.steps} inner SGD steps (lr {config.inner.lr}), '
               f'augmentation factor {config.augmenter.factor}',
       'dataset': f'{config.data.name} (meta-test classes: {test_split.num_classes})',
-      'augmenter': f'{config.augmenter.name} (frozen={config.augmenter.frozen})',
+      'augmenter': f'{config.augmenter.name} (frozen={config.augmenter.frozen})' + (
+          f', weights: {config.augmenter.weights or "random initialisation"}'
+          if config.augmenter.name == 'resnet50' else ''),
       'checkpoint': checkpoint_label,
       'test tasks': f'{config.eval.num_tasks} (task seed {config.eval.task_seed})',
       'devices': _device_summary(mesh),

@@ -6,27 +6,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from resnet_fixtures import TINY, save_tiny_resnet
 
 from autoaug_jax import resnet
-
-TINY = dict(embedding_size=8, hidden_sizes=[8, 16, 16, 24], depths=[1, 2, 1, 1],
-            layer_type='bottleneck')
 
 
 @pytest.fixture(scope='module')
 def saved(tmp_path_factory):
-  """A tiny random ResNet with non-trivial BatchNorm statistics, saved with save_pretrained."""
-  from transformers import FlaxResNetModel, ResNetConfig
-  model = FlaxResNetModel(ResNetConfig(**TINY), input_shape=(1, 32, 32, 3), seed=3)
-  key = iter(jax.random.split(jax.random.key(7), 10_000))
-  stats = jax.tree.map(lambda x: x + 0.3 * jax.random.uniform(next(key), x.shape),
-                       model.params['batch_stats'])
-  model.params = {'params': model.params['params'], 'batch_stats': stats}
   path = tmp_path_factory.mktemp('resnet') / 'tiny-resnet'
-  model.save_pretrained(str(path))
-  with open(path / 'preprocessor_config.json', 'w') as f:
-    json.dump({'image_mean': [0.5, 0.5, 0.5], 'image_std': [0.25, 0.25, 0.25]}, f)
-  return path, model
+  return path, save_tiny_resnet(path)
 
 
 def test_loads_through_from_pretrained(saved):

@@ -176,5 +176,5 @@ def test_cli_reports_one_clear_error(tmp_path):
   assert out.returncode == 1
   assert out.stderr.strip().splitlines()[-1] == (
       "error: augmenter.name='stylegan' is unknown; choose one of ['convnet', 'duplicate', "
-      "'fixed', 'none', 'random_convnet'].")
+      "'fixed', 'none', 'random_convnet', 'resnet50'].")
   assert 'Traceback' not in out.stderr

@@ -10,6 +10,7 @@ from __future__ import annotations
 from autoaug_jax.augmenters.base import Augmenter, Params
 from autoaug_jax.augmenters.baselines import Duplicate, FixedAugmentation, NoAugmentation
 from autoaug_jax.augmenters.convnet import ConvNetAugmenter
+from autoaug_jax.augmenters.resnet import ResNetAugmenter, architecture
 
 
 def _none(c) -> Augmenter:
@@ -34,12 +35,21 @@ def _random_convnet(c) -> Augmenter:
   return _convnet(c, frozen=True)
 
 
+def _resnet50(c) -> Augmenter:
+  from autoaug_jax import resnet
+  mean, std = resnet.normalisation(c.weights)
+  return ResNetAugmenter(architecture(c.weights), weights=c.weights, factor=c.factor,
+                         frozen=c.frozen, noise_std=c.noise_std, mean=mean, std=std,
+                         conv_impl=c.conv_impl)
+
+
 AUGMENTERS = {
     'none': _none,
     'duplicate': _duplicate,
     'fixed': _fixed,
     'convnet': _convnet,
     'random_convnet': _random_convnet,
+    'resnet50': _resnet50,
 }
 
 
