@@ -61,7 +61,7 @@ def _flops(config, mesh, split, inner_steps: int) -> float:
   arithmetic as any chunking, but with no lax.map whose body XLA would count once.
   """
   run = outer_step.setup(config, inner_steps=inner_steps, unroll=True, task_chunk=0)
-  state = run.init_state(config.seed, mesh)
+  state = run.init_state(mesh)
   compiled = run.meta_step(mesh, config.meta_batch_size).lower(state, split).compile()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -98,8 +98,8 @@ def data_benchmark(config) -> dict:
   start = time.perf_counter()
   splits = load_splits(config)
   load_s = time.perf_counter() - start
-  per_device = tasks.check_memory(list(splits.values()), mesh.devices.flatten().tolist())
-  placed = to_device(splits, mesh)
+  per_device = tasks.placed_bytes(list(splits.values()))
+  placed = to_device(splits, mesh)  # checks that they fit first
   jax.block_until_ready(placed)
   summary = {k: (int(s.images.shape[0]), s.images.nbytes / 2**20) for k, s in splits.items()}
   del splits  # as training does: only the device copies stay
@@ -129,7 +129,7 @@ def benchmark(config, steps: int = 5, warmup: int = 2, count_flops: bool = True)
   sharding.check_divisible(config.meta_batch_size, mesh, 'meta_batch_size')
   split = to_device(load_splits(config, ('train',)), mesh)['train']
   run = outer_step.setup(config)
-  state = run.init_state(config.seed, mesh)
+  state = run.init_state(mesh)
   meta_step = run.meta_step(mesh, config.meta_batch_size)
 
   start = time.perf_counter()

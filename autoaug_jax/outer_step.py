@@ -147,11 +147,15 @@ def init_params(augmenter: Augmenter, spec: TaskSpec, seed: int) -> Params:
   return augmenter.init(rng.stream(rng.root_key(seed), 'augmenter_init'), spec.image_shape)
 
 
-def init_state(augmenter: Augmenter, optimizer: optax.GradientTransformation,
-               spec: TaskSpec, seed: int, mesh: Mesh) -> MetaState:
-  """Fresh state, placed replicated on the mesh (the layout `meta_step` returns,
-  so the first and later steps share one compiled program)."""
-  params = init_params(augmenter, spec, seed)
+def init_state(params: Params, optimizer: optax.GradientTransformation, seed: int,
+               mesh: Mesh) -> MetaState:
+  """Fresh state from initial parameters, placed replicated on the mesh (the layout
+  `meta_step` returns, so the first and later steps share one compiled program).
+
+  The parameters are copied: `meta_step` donates the state, and the caller's
+  initial parameters stay valid.
+  """
+  params = jax.tree.map(jnp.array, params)
   state = MetaState(step=jnp.zeros((), jnp.int32), params=params,
                     opt_state=optimizer.init(params),
                     key=jax.random.key_data(rng.root_key(seed)))
@@ -196,10 +200,11 @@ class MetaSetup:
   classifier: Any
   spec: TaskSpec
   optimizer: optax.GradientTransformation
-  initial_params: Params
+  initial_params: Params  # init_params(augmenter, spec, seed), computed once
+  seed: int
 
-  def init_state(self, seed: int, mesh: Mesh) -> MetaState:
-    return init_state(self.augmenter, self.optimizer, self.spec, seed, mesh)
+  def init_state(self, mesh: Mesh) -> MetaState:
+    return init_state(self.initial_params, self.optimizer, self.seed, mesh)
 
   def meta_step(self, mesh: Mesh, meta_batch_size: int):
     return make_meta_step(self.augmenter, self.classifier, self.spec, self.optimizer, mesh,
@@ -213,4 +218,4 @@ def setup(config, **spec_overrides) -> MetaSetup:
   params = init_params(augmenter, spec, config.seed)
   return MetaSetup(augmenter=augmenter, classifier=make_classifier(config), spec=spec,
                    optimizer=make_optimizer(config.outer, augmenter, params),
-                   initial_params=params)
+                   initial_params=params, seed=config.seed)

@@ -102,6 +102,31 @@ def normalisation(weights_dir: str) -> tuple[tuple[float, ...], tuple[float, ...
   return IMAGENET_MEAN, IMAGENET_STD
 
 
+def _model_dir(weights_dir: str) -> str:
+  """The absolute path of a Hugging Face model directory; WeightsError if it is not one."""
+  path = os.path.abspath(os.path.expanduser(weights_dir))
+  if not os.path.isdir(path):
+    raise WeightsError(
+        f'No ResNet weights directory at {path}. Save one on a machine with internet access '
+        "(`FlaxResNetModel.from_pretrained('microsoft/resnet-50').save_pretrained(DIR)`), copy "
+        'it here and pass its path, or leave the weights key empty for random initialisation.')
+  if not os.path.exists(os.path.join(path, 'config.json')):
+    raise WeightsError(f'{path} has no config.json: it is not a Hugging Face model directory '
+                       '(expected the output of save_pretrained).')
+  return path
+
+
+def architecture(weights_dir: str, config_overrides: dict | None = None) -> Architecture:
+  """The architecture of `weights_dir`'s model (config.json only, no weights read), or of the
+  random-init model `load('', config_overrides=...)` builds."""
+  from transformers import ResNetConfig
+
+  if not weights_dir:
+    return Architecture.from_hf(ResNetConfig(**(config_overrides or {})))
+  return Architecture.from_hf(ResNetConfig.from_pretrained(_model_dir(weights_dir),
+                                                           local_files_only=True))
+
+
 def load(weights_dir: str, *, seed: int = 0, config_overrides: dict | None = None) -> Pretrained:
   """Loads a ResNet from a local Hugging Face directory, or random-initialises ResNet-50.
 
@@ -119,16 +144,8 @@ def load(weights_dir: str, *, seed: int = 0, config_overrides: dict | None = Non
     model = FlaxResNetModel(config, input_shape=(1, 64, 64, 3), seed=seed, _do_init=True)
     return Pretrained(Architecture.from_hf(config), model.params, IMAGENET_MEAN, IMAGENET_STD,
                       f'random init (seed {seed})')
-  path = os.path.abspath(os.path.expanduser(weights_dir))
-  if not os.path.isdir(path):
-    raise WeightsError(
-        f'No ResNet weights directory at {path}. Save one on a machine with internet access '
-        "(`FlaxResNetModel.from_pretrained('microsoft/resnet-50').save_pretrained(DIR)`), copy "
-        'it here and pass its path, or leave the weights key empty for random initialisation.')
+  path = _model_dir(weights_dir)
   files = set(os.listdir(path))
-  if 'config.json' not in files:
-    raise WeightsError(f'{path} has no config.json: it is not a Hugging Face model directory '
-                       '(expected the output of save_pretrained).')
   if 'flax_model.msgpack' in files:
     model = FlaxResNetModel.from_pretrained(path, local_files_only=True)
   elif files & {'pytorch_model.bin', 'model.safetensors'}:

@@ -84,6 +84,11 @@ def _free_bytes(device: jax.Device) -> tuple[int | None, str]:
   return host_available_bytes(), 'available host memory'
 
 
+def placed_bytes(splits: list[FewShotSplit]) -> int:
+  """Bytes of uint8 images and masks that `to_device` places on each device."""
+  return sum(s.images.nbytes + (s.masks.nbytes if s.masks is not None else 0) for s in splits)
+
+
 def check_memory(splits: list[FewShotSplit], devices: list[jax.Device]) -> int:
   """Refuses, before any transfer, splits that would not fit once replicated on `devices`.
 
@@ -91,8 +96,7 @@ def check_memory(splits: list[FewShotSplit], devices: list[jax.Device]) -> int:
   on CPU the copies of all local devices share host memory. Returns the
   bytes placed per device.
   """
-  per_device = sum(s.images.nbytes + (s.masks.nbytes if s.masks is not None else 0)
-                   for s in splits)
+  per_device = placed_bytes(splits)
   local = [d for d in devices if d.process_index == jax.process_index()]
   free, what = _free_bytes(local[0])
   copies = len(local) if local[0].platform == 'cpu' else 1

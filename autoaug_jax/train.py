@@ -155,16 +155,15 @@ def run_evaluation(config, params, augmenter: Augmenter, out_dir: str, *,
   """Evaluates every method on the test tasks and writes the report into out_dir."""
   if test_split is None:
     test_split = to_device(load_splits(config, ('test',)), mesh)['test']
-  device_split = test_split
   classifier = make_classifier(config)
   spec = outer_step.TaskSpec.from_config(config)
   stream = evaluation.eval_stream(config.eval.task_seed, 'test')
   accuracies, examples = {}, {}
   for name, (aug, p) in eval_methods(config, augmenter, params).items():
     start = time.perf_counter()
-    accuracies[name] = evaluation.evaluate(aug, p, device_split, classifier, spec, mesh, stream,
+    accuracies[name] = evaluation.evaluate(aug, p, test_split, classifier, spec, mesh, stream,
                                            config.eval.num_tasks, config.eval.batch_size)
-    examples[name] = evaluation.example_augmentations(aug, p, device_split, spec, stream)
+    examples[name] = evaluation.example_augmentations(aug, p, test_split, spec, stream)
     logging.info('eval %-15s accuracy %.4f (%d tasks, %.1fs)', name, accuracies[name].mean(),
                  config.eval.num_tasks, time.perf_counter() - start)
   rows = evaluation.summarize(accuracies)
@@ -214,7 +213,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list:
 
   run = outer_step.setup(config)
   augmenter, params = run.augmenter, run.initial_params
-  state = run.init_state(config.seed, mesh)
+  state = run.init_state(mesh)
   ckpts = Checkpoints(workdir, keep=config.keep_checkpoints)
   if ckpts.latest_step() is not None:
     state = ckpts.restore('latest', state)
@@ -233,7 +232,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list:
   label = 'initial parameters (nothing trained)'
   eval_params = params
   if trainable:
-    target = run.init_state(config.seed, mesh)
+    target = run.init_state(mesh)
     which = 'best' if val_enabled and ckpts.best_step() is not None else 'latest'
     if ckpts.latest_step() is not None:
       eval_params = ckpts.restore(which, target).params
@@ -328,7 +327,7 @@ def evaluate_checkpoint(workdir: str, checkpoint: str = 'best', out_dir: str = '
   if augmenter.has_trainable_params(params):
     ckpts = Checkpoints(workdir, read_only=True)
     name, step = ckpts.resolve(checkpoint)
-    params = ckpts.restore(checkpoint, run.init_state(config.seed, mesh)).params
+    params = ckpts.restore(checkpoint, run.init_state(mesh)).params
     label = f'{name} (step {step})'
     ckpts.close()
   out_dir = out_dir or os.path.join(workdir, f'eval_{checkpoint}')

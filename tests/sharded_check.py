@@ -19,7 +19,7 @@ from autoaug_jax import data, evaluation, outer_step, sharding, tasks  # noqa: E
 def run(mesh, config, split):
   setup = outer_step.setup(config)
   dev = tasks.to_device(split, sharding.replicated(mesh))
-  state = setup.init_state(config.seed, mesh)
+  state = setup.init_state(mesh)
   step = setup.meta_step(mesh, config.meta_batch_size)
   hlo = step.lower(state, dev).compile().as_text()
   for _ in range(2):

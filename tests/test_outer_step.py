@@ -20,7 +20,7 @@ def _steps(config, split, n, mesh=None):
   mesh = mesh or sharding.make_mesh(1)
   run = outer_step.setup(config)
   dev = tasks.to_device(split, sharding.replicated(mesh))
-  state = run.init_state(config.seed, mesh)
+  state = run.init_state(mesh)
   step = run.meta_step(mesh, config.meta_batch_size)
   history = []
   for _ in range(n):

@@ -51,7 +51,7 @@ def test_split_at_any_block_equals_the_whole(saved):
 
 
 def test_random_init_is_resnet50_shaped_without_weights():
-  arch = resnet.Architecture.from_hf(__import__('transformers').ResNetConfig())
+  arch = resnet.architecture('')  # transformers' ResNetConfig defaults
   assert (arch.depths, arch.hidden_sizes, arch.num_blocks) == ((3, 4, 6, 3),
                                                                (256, 512, 1024, 2048), 16)
   tiny = resnet.load('', seed=1, config_overrides=TINY)

@@ -111,7 +111,7 @@ def test_frozen_trunk_gets_exactly_zero_update(tiny_config, tiny_splits, weights
   config = resnet_config(tiny_config, weights, frozen)
   mesh = sharding.make_mesh(1)
   run = outer_step.setup(config)
-  state = run.init_state(config.seed, mesh)
+  state = run.init_state(mesh)
   before = jax.tree.map(np.asarray, state.params)
   split = tasks.to_device(tiny_splits['train'], sharding.replicated(mesh))
   step = run.meta_step(mesh, config.meta_batch_size)
@@ -136,8 +136,8 @@ def test_missing_weights_directory_is_refused_before_anything_runs(tiny_config, 
 def test_random_init_without_weights():
   from resnet_fixtures import TINY
 
-  from autoaug_jax.augmenters.resnet import ResNetAugmenter, architecture
-  arch = architecture('', TINY)
+  from autoaug_jax.augmenters.resnet import ResNetAugmenter
+  arch = resnet.architecture('', TINY)
   overrides = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in TINY.items())
   augmenter = ResNetAugmenter(arch, config_overrides=overrides)  # hashable: a jit static
   params = augmenter.init(jax.random.key(0), (32, 32, 3))

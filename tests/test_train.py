@@ -29,7 +29,7 @@ def _params(workdir, which='latest'):
   config = train.load_workdir_config(str(workdir))
   run = outer_step.setup(config)
   ckpts = Checkpoints(str(workdir), read_only=True)
-  return jax.device_get(ckpts.restore(which, run.init_state(config.seed, sharding.make_mesh(1))))
+  return jax.device_get(ckpts.restore(which, run.init_state(sharding.make_mesh(1))))
 
 
 def _train_lines(workdir):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from autoaug_jax.augmenters.base import Augmenter, Params
 from autoaug_jax.augmenters.baselines import Duplicate, FixedAugmentation, NoAugmentation
 from autoaug_jax.augmenters.convnet import ConvNetAugmenter
-from autoaug_jax.augmenters.resnet import ResNetAugmenter, architecture
+from autoaug_jax.augmenters.resnet import ResNetAugmenter
 
 
 def _none(c) -> Augmenter:
@@ -38,7 +38,7 @@ def _random_convnet(c) -> Augmenter:
 def _resnet50(c) -> Augmenter:
   from autoaug_jax import resnet
   mean, std = resnet.normalisation(c.weights)
-  return ResNetAugmenter(architecture(c.weights), weights=c.weights, factor=c.factor,
+  return ResNetAugmenter(resnet.architecture(c.weights), weights=c.weights, factor=c.factor,
                          frozen=c.frozen, noise_std=c.noise_std, mean=mean, std=std,
                          conv_impl=c.conv_impl)
 

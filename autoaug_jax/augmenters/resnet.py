@@ -22,8 +22,6 @@ the augmenter is a pure function of its parameters.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 
 import flax.linen as nn
 import jax
@@ -48,19 +46,6 @@ class Decoder(nn.Module):
       if i < len(self.widths) - 1:
         z = nn.relu(z)
     return nn.sigmoid(z)
-
-
-def architecture(weights: str, config_overrides: dict | None = None) -> resnet.Architecture:
-  """The trunk's architecture from the directory's config.json, without loading weights."""
-  from transformers import ResNetConfig  # config only; weights load in `resnet.load`
-
-  if weights:
-    path = os.path.join(os.path.abspath(os.path.expanduser(weights)), 'config.json')
-    if not os.path.exists(path):
-      resnet.load(weights)  # raises the WeightsError that names the problem and the fix
-    with open(path) as f:
-      return resnet.Architecture.from_hf(ResNetConfig(**json.load(f)))
-  return resnet.Architecture.from_hf(ResNetConfig(**(config_overrides or {})))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -325,8 +325,7 @@ def load_split(data_config, split: str, image_size: int) -> FewShotSplit:
   if 'class_counts' not in metadata:
     raise DataError(f'{path} has no class_counts metadata: it was not written by '
                     '`autoaug_jax.data.prepare`. Prepare the dataset again.')
-  source = tfds.data_source(f'{NAME}/{stored}px:{VERSION}', split=split, data_dir=data_dir,
-                            download=False, try_gcs=False)
+  source = tfds_source.open_source(f'{NAME}/{stored}px:{VERSION}', split, data_dir)
   counts = metadata['class_counts'][split]
   all_names = source.dataset_info.features['label'].names
   offset = sum(len(metadata['class_counts'][s]) for s in files.SPLITS[:files.SPLITS.index(split)])

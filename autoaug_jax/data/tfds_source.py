@@ -107,6 +107,8 @@ def _pooled(name: str, data_dir: str, splits: str, image_key: str, label_key: st
                     "'train+test'.")
   sources = [(split, open_source(name, split, data_dir)) for split in split_names]
   total = sum(len(source) for _, source in sources)
+  if not total:
+    raise DataError(f'TFDS dataset {name} (splits {split_names}) holds no examples.')
   need = total * image_size * image_size * 3
   free = host_available_bytes()
   if free is not None and need > 0.5 * free:
@@ -134,8 +136,6 @@ def _pooled(name: str, data_dir: str, splits: str, image_key: str, label_key: st
       labels[pos + i - start] = int(example[label_key])
 
   image_ops.parallel_map(read, jobs)  # PIL decodes without the GIL
-  if not total:
-    raise DataError(f'TFDS dataset {name} (splits {split_names}) holds no examples.')
   seen, keep = set(), []
   for i in range(total):
     digest = (int(labels[i]), hashlib.blake2b(images[i].tobytes(), digest_size=16).digest())
