@@ -62,7 +62,8 @@ def _flops(config, mesh, split, inner_steps: int) -> float:
   """
   run = outer_step.setup(config, inner_steps=inner_steps, unroll=True, task_chunk=0)
   state = run.init_state(mesh)
-  compiled = run.meta_step(mesh, config.meta_batch_size).lower(state, split).compile()
+  consts = run.placed_constants(mesh)
+  compiled = run.meta_step(mesh, config.meta_batch_size).lower(state, split, consts).compile()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   # The partitioned program's count is per device; tasks split evenly.
@@ -130,21 +131,22 @@ def benchmark(config, steps: int = 5, warmup: int = 2, count_flops: bool = True)
   split = to_device(load_splits(config, ('train',)), mesh)['train']
   run = outer_step.setup(config)
   state = run.init_state(mesh)
+  consts = run.placed_constants(mesh)
   meta_step = run.meta_step(mesh, config.meta_batch_size)
 
   start = time.perf_counter()
-  compiled = meta_step.lower(state, split).compile()
+  compiled = meta_step.lower(state, split, consts).compile()
   compile_s = time.perf_counter() - start
   memory = compiled.memory_analysis()
   temp_mb = getattr(memory, 'temp_size_in_bytes', 0) / 2**20 if memory is not None else None
 
   for _ in range(warmup):
-    state, metrics = compiled(state, split)
+    state, metrics = compiled(state, split, consts)
   jax.block_until_ready(state)
   times = []
   for _ in range(steps):
     start = time.perf_counter()
-    state, metrics = compiled(state, split)
+    state, metrics = compiled(state, split, consts)
     jax.block_until_ready((state, metrics))
     times.append(time.perf_counter() - start)
   median = statistics.median(times)
@@ -175,6 +177,11 @@ def benchmark(config, steps: int = 5, warmup: int = 2, count_flops: bool = True)
       'remat': config.inner.remat,
       'conv_impl': config.classifier.conv_impl,
       'augmenter': config.augmenter.name,
+      'augmenter_frozen': config.augmenter.frozen,
+      'classifier': config.classifier.name,
+      'trainable_blocks': (config.classifier.trainable_blocks
+                           if config.classifier.name == 'resnet50' else None),
+      'embed_once': config.classifier.embed_once,
   }
 
 

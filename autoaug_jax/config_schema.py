@@ -60,9 +60,21 @@ def base_config() -> ml_collections.ConfigDict:
   c.task.q_query = 5
 
   c.classifier = ml_collections.ConfigDict()
+  # 'convnet' (Section 4.1, trained from scratch per task) or 'resnet50'
+  # (Section 4.6: pre-trained, top blocks and a new head tuned per task).
   c.classifier.name = 'convnet'
   c.classifier.widths = (18, 36, 72)
+  # Width of the hidden FC layer (both classifiers; 0: resnet50 head is linear).
   c.classifier.hidden = 64
+  # resnet50: a local Hugging Face ResNet directory (save_pretrained output);
+  # '' = random initialisation (tests, or no weights at hand).
+  c.classifier.weights = ''
+  # resnet50: bottleneck blocks tuned from the top (ResNet-50 has 16: 3 is its
+  # last stage; 0 trains the head only). The rest is frozen.
+  c.classifier.trainable_blocks = 3
+  # resnet50: run the frozen bottom once per task outside the inner loop
+  # (False: in every inner step, only to measure what that saves).
+  c.classifier.embed_once = True
   # 'patches' (3x3 patches + matmul: fast on CPU, batched under vmap) or
   # 'native' (lax.conv; try it on accelerators).
   c.classifier.conv_impl = 'patches'
@@ -131,6 +143,19 @@ def lock(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return config
 
 
+def config_from_file(path: str | os.PathLike, arg: str | None = None
+                     ) -> ml_collections.ConfigDict:
+  """`get_config([arg])` of a configs/*.py file, loaded by path as absl's config flag
+  does (config files are not a package); lets one config build on another."""
+  import importlib.util
+
+  name = 'autoaug_config_' + os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config() if arg is None else module.get_config(arg)
+
+
 class ConfigError(ValueError):
   """A config value that cannot run; the message names the key and the fix."""
 
@@ -181,6 +206,21 @@ def validate(config: ml_collections.ConfigDict) -> None:
            "directory (save_pretrained output), or '' for random initialisation.")
   _require(config.augmenter.conv_impl in ('patches', 'native'),
            f"augmenter.conv_impl={config.augmenter.conv_impl!r}: choose 'patches' or 'native'.")
+  clf_weights = config.classifier.weights
+  _require(not clf_weights or os.path.isdir(os.path.expanduser(clf_weights)),
+           f'classifier.weights={clf_weights!r} is not a directory. Give a local Hugging Face '
+           "ResNet directory (save_pretrained output), or '' for random initialisation.")
+  blocks = config.classifier.trainable_blocks
+  _require(isinstance(blocks, int) and blocks >= 0,
+           f'classifier.trainable_blocks={blocks!r} must be a non-negative integer.')
+  _require(config.classifier.hidden >= 0,
+           f'classifier.hidden={config.classifier.hidden} must be >= 0.')
+  if config.classifier.name == 'resnet50':
+    from autoaug_jax import resnet  # reads config.json only; imports transformers
+    num_blocks = resnet.architecture(clf_weights).num_blocks
+    _require(blocks <= num_blocks,
+             f'classifier.trainable_blocks={blocks}, but the ResNet has {num_blocks} blocks; '
+             f'choose 0..{num_blocks}.')
   _require(config.classifier.conv_impl in ('patches', 'native'),
            f"classifier.conv_impl={config.classifier.conv_impl!r}: choose 'patches' or 'native'.")
   _require(config.outer.optimizer in ('adam', 'sgd'),

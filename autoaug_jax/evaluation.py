@@ -28,28 +28,38 @@ from autoaug_jax.tasks import DeviceSplit, sample_task
 
 
 def make_eval_fn(augmenter: Augmenter, classifier, spec: TaskSpec, mesh: Mesh):
-  """Compiled `(params, split, stream_key, indices [b]) -> (acc [b], loss [b])`."""
+  """Compiled `(params, split, stream_key, indices [b], consts) -> (acc [b], loss [b])`.
+
+  `consts` are the classifier's constants placed on the mesh ({} for the ConvNet).
+  """
   spec = dataclasses.replace(spec, remat=False)  # no backward pass here
 
-  def run(params, split, stream_key, indices):
+  def run(params, split, stream_key, indices, consts):
     losses, metrics = batched_outcomes(params, split, stream_key, indices, augmenter=augmenter,
-                                       classifier=classifier, spec=spec, mesh=mesh)
+                                       classifier=classifier, spec=spec, mesh=mesh,
+                                       consts=consts)
     return metrics['query_acc'], losses
 
   rep, sharded = replicated(mesh), task_sharded(mesh)
-  return jax.jit(run, in_shardings=(rep, rep, rep, sharded), out_shardings=(sharded, sharded))
+  return jax.jit(run, in_shardings=(rep, rep, rep, sharded, rep),
+                 out_shardings=(sharded, sharded))
 
 
 def evaluate(augmenter: Augmenter, params: Params, split: DeviceSplit, classifier,
              spec: TaskSpec, mesh: Mesh, stream_key: jax.Array, num_tasks: int,
-             batch_size: int, eval_fn=None) -> np.ndarray:
-  """Query accuracy of each of tasks 0..num_tasks-1 of `stream_key`: [num_tasks] float."""
+             batch_size: int, eval_fn=None, consts: Params = None) -> np.ndarray:
+  """Query accuracy of each of tasks 0..num_tasks-1 of `stream_key`: [num_tasks] float.
+
+  `consts`: the classifier's constants, placed on the mesh (None for {}).
+  """
   eval_fn = eval_fn or make_eval_fn(augmenter, classifier, spec, mesh)
+  consts = {} if consts is None else consts
   batch = padded(min(batch_size, num_tasks), mesh)
   accs = []
   for start in range(0, num_tasks, batch):
     # The last batch is padded with extra tasks, whose results are dropped.
-    acc, _ = eval_fn(params, split, stream_key, jnp.arange(start, start + batch, dtype=jnp.int32))
+    acc, _ = eval_fn(params, split, stream_key, jnp.arange(start, start + batch, dtype=jnp.int32),
+                     consts)
     accs.append(np.asarray(acc)[:num_tasks - start])
   return np.concatenate(accs)
 

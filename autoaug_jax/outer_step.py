@@ -72,19 +72,33 @@ class MetaState:
 
 
 def task_outcome(aug_params: Params, split: DeviceSplit, keys: dict[str, jax.Array], *,
-                 augmenter: Augmenter, classifier, spec: TaskSpec) -> tuple[jax.Array, dict]:
-  """Algorithm 1 for one task; returns (query loss, flat dict of scalar metrics)."""
+                 augmenter: Augmenter, classifier, spec: TaskSpec,
+                 consts: Params = None) -> tuple[jax.Array, dict]:
+  """Algorithm 1 for one task; returns (query loss, flat dict of scalar metrics).
+
+  `consts` are the classifier's constants (`classifier.constants(seed)`, e.g.
+  pre-trained weights; None for {}).
+  """
+  consts = {} if consts is None else consts
   task = sample_task(split, keys['sample'], n_way=spec.n_way, k_shot=spec.k_shot,
                      q_query=spec.q_query, spurious=spec.spurious)
   synthetic, synthetic_labels = augmenter.augment(
       aug_params, task.support_images, task.support_labels, keys['augment'])
-  images = jnp.concatenate([task.support_images, synthetic])
+  # The classifier's fixed part runs once per task, outside the inner scan. S and
+  # Q go through it together; S' separately, so that the backward pass through
+  # it (the meta-gradient's way to the augmenter) covers S' only.
+  n_support = task.support_images.shape[0]
+  data_features = classifier.embed(consts, jnp.concatenate([task.support_images,
+                                                            task.query_images]))
+  features = data_features[:n_support]
+  if synthetic.shape[0]:
+    features = jnp.concatenate([features, classifier.embed(consts, synthetic)])
   labels = jnp.concatenate([task.support_labels, synthetic_labels])
-  params0, frozen = classifier.init(keys['init'], spec.image_shape)
+  params0 = classifier.init(keys['init'], spec.image_shape, consts)
   params, inner_losses = train_classifier(
-      classifier, params0, classifier.embed(frozen, images), labels,
+      classifier, params0, features, labels,
       steps=spec.inner_steps, lr=spec.inner_lr, remat=spec.remat, unroll=spec.unroll)
-  logits = classifier.logits(params, classifier.embed(frozen, task.query_images))
+  logits = classifier.logits(params, data_features[n_support:])
   loss = cross_entropy(logits, task.query_labels)
   metrics = {
       'query_loss': loss,
@@ -101,7 +115,7 @@ def task_outcome(aug_params: Params, split: DeviceSplit, keys: dict[str, jax.Arr
 
 def batched_outcomes(aug_params: Params, split: DeviceSplit, stream_key: jax.Array,
                      indices: jax.Array, *, augmenter: Augmenter, classifier, spec: TaskSpec,
-                     mesh: Mesh) -> tuple[jax.Array, dict]:
+                     mesh: Mesh, consts: Params = None) -> tuple[jax.Array, dict]:
   """`task_outcome` for tasks `indices` [B] of a key stream, sharded over the mesh.
 
   The B tasks are laid out as [devices, B / devices]; the first axis is
@@ -119,7 +133,7 @@ def batched_outcomes(aug_params: Params, split: DeviceSplit, stream_key: jax.Arr
 
   def outcome(index):
     return task_outcome(aug_params, split, rng.task_keys(stream_key, index),
-                        augmenter=augmenter, classifier=classifier, spec=spec)
+                        augmenter=augmenter, classifier=classifier, spec=spec, consts=consts)
 
   def device_row(row):
     if chunk == per_device:
@@ -164,22 +178,24 @@ def init_state(params: Params, optimizer: optax.GradientTransformation, seed: in
 
 def make_meta_step(augmenter: Augmenter, classifier, spec: TaskSpec,
                    optimizer: optax.GradientTransformation, mesh: Mesh, meta_batch_size: int):
-  """Returns the compiled `meta_step(state, split) -> (state, metrics)`.
+  """Returns the compiled `meta_step(state, split, consts) -> (state, metrics)`.
 
-  Task keys are `fold_in(stream(root, 'train'), step)` split per task, so the
-  step depends on nothing but its arguments (resume-safe). `state` is donated.
+  `consts` are the classifier's constants placed on the mesh
+  (`MetaSetup.placed_constants`). Task keys are `fold_in(stream(root, 'train'),
+  step)` split per task, so the step depends on nothing but its arguments
+  (resume-safe). `state` is donated.
   """
-  def meta_loss(params, split, key):
+  def meta_loss(params, split, key, consts):
     losses, metrics = batched_outcomes(
         params, split, key, jnp.arange(meta_batch_size), augmenter=augmenter,
-        classifier=classifier, spec=spec, mesh=mesh)
+        classifier=classifier, spec=spec, mesh=mesh, consts=consts)
     return losses.mean(), metrics
 
-  def meta_step(state: MetaState, split: DeviceSplit):
+  def meta_step(state: MetaState, split: DeviceSplit, consts: Params):
     key = jax.random.fold_in(rng.stream(jax.random.wrap_key_data(state.key), 'train'),
                              state.step)
     (loss, metrics), grads = jax.value_and_grad(meta_loss, has_aux=True)(
-        state.params, split, key)
+        state.params, split, key, consts)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     out = {name: value.mean() for name, value in metrics.items()}
@@ -189,7 +205,7 @@ def make_meta_step(augmenter: Augmenter, classifier, spec: TaskSpec,
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), out
 
   rep = replicated(mesh)
-  return jax.jit(meta_step, donate_argnums=(0,), in_shardings=(rep, rep),
+  return jax.jit(meta_step, donate_argnums=(0,), in_shardings=(rep, rep, rep),
                  out_shardings=(rep, rep))
 
 
@@ -202,9 +218,14 @@ class MetaSetup:
   optimizer: optax.GradientTransformation
   initial_params: Params  # init_params(augmenter, spec, seed), computed once
   seed: int
+  classifier_consts: Params = dataclasses.field(default_factory=dict)  # host arrays
 
   def init_state(self, mesh: Mesh) -> MetaState:
     return init_state(self.initial_params, self.optimizer, self.seed, mesh)
+
+  def placed_constants(self, mesh: Mesh) -> Params:
+    """The classifier's constants, replicated on the mesh (place once per run)."""
+    return jax.device_put(self.classifier_consts, replicated(mesh))
 
   def meta_step(self, mesh: Mesh, meta_batch_size: int):
     return make_meta_step(self.augmenter, self.classifier, self.spec, self.optimizer, mesh,
@@ -216,6 +237,8 @@ def setup(config, **spec_overrides) -> MetaSetup:
   augmenter = make_augmenter(config.augmenter)
   spec = dataclasses.replace(TaskSpec.from_config(config), **spec_overrides)
   params = init_params(augmenter, spec, config.seed)
-  return MetaSetup(augmenter=augmenter, classifier=make_classifier(config), spec=spec,
+  classifier = make_classifier(config)
+  return MetaSetup(augmenter=augmenter, classifier=classifier, spec=spec,
                    optimizer=make_optimizer(config.outer, augmenter, params),
-                   initial_params=params, seed=config.seed)
+                   initial_params=params, seed=config.seed,
+                   classifier_consts=classifier.constants(config.seed))

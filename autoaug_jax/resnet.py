@@ -226,13 +226,14 @@ def apply(arch: Architecture, variables: Params, x: jax.Array, start: int = -1,
   return x
 
 
-def block_variables(arch: Architecture, variables: Params, start: int) -> Params:
-  """The sub-tree of `variables` read by blocks start.. (the stem too if start == -1)."""
-  keep = {(s, j) for s, j, _, _ in arch.blocks()[max(start, 0):]}
+def block_variables(arch: Architecture, variables: Params, start: int,
+                    end: int | None = None) -> Params:
+  """The sub-tree of `variables` read by blocks start..end-1 (the stem too if start == -1)."""
+  keep = {(s, j) for s, j, _, _ in arch.blocks()[max(start, 0):end]}
 
   def select(tree):
     stages = {}
-    for (s, j) in keep:
+    for (s, j) in sorted(keep):
       stages.setdefault(s, {'layers': {}})['layers'][j] = tree['encoder']['stages'][s]['layers'][j]
     out = {'encoder': {'stages': stages}}
     if start == -1:

@@ -28,7 +28,6 @@ from absl import logging
 from autoaug_jax import data, evaluation, outer_step, report, sharding, tasks
 from autoaug_jax.augmenters import Augmenter, make_augmenter
 from autoaug_jax.checkpointing import CheckpointError, Checkpoints
-from autoaug_jax.classifiers import make_classifier
 from autoaug_jax.config_schema import ConfigError, base_config, validate
 from autoaug_jax.data import DataError
 from autoaug_jax.metric_writers import MetricWriter, Progress, non_finite, quiet_library_logs
@@ -149,20 +148,25 @@ def _device_summary(mesh) -> str:
   return f'{mesh.devices.size} x {d.platform} ({d.device_kind}); host {platform.node()}'
 
 
-def run_evaluation(config, params, augmenter: Augmenter, out_dir: str, *,
-                   checkpoint_label: str, mesh, test_split: tasks.DeviceSplit | None = None
-                   ) -> list:
-  """Evaluates every method on the test tasks and writes the report into out_dir."""
+def run_evaluation(config, params, run: outer_step.MetaSetup, out_dir: str, *,
+                   checkpoint_label: str, mesh, test_split: tasks.DeviceSplit | None = None,
+                   consts=None) -> list:
+  """Evaluates every method on the test tasks and writes the report into out_dir.
+
+  `consts`: the classifier's constants already on the mesh (placed here if None).
+  """
   if test_split is None:
     test_split = to_device(load_splits(config, ('test',)), mesh)['test']
-  classifier = make_classifier(config)
-  spec = outer_step.TaskSpec.from_config(config)
+  if consts is None:
+    consts = run.placed_constants(mesh)
+  classifier, spec = run.classifier, run.spec
   stream = evaluation.eval_stream(config.eval.task_seed, 'test')
   accuracies, examples = {}, {}
-  for name, (aug, p) in eval_methods(config, augmenter, params).items():
+  for name, (aug, p) in eval_methods(config, run.augmenter, params).items():
     start = time.perf_counter()
     accuracies[name] = evaluation.evaluate(aug, p, test_split, classifier, spec, mesh, stream,
-                                           config.eval.num_tasks, config.eval.batch_size)
+                                           config.eval.num_tasks, config.eval.batch_size,
+                                           consts=consts)
     examples[name] = evaluation.example_augmentations(aug, p, test_split, spec, stream)
     logging.info('eval %-15s accuracy %.4f (%d tasks, %.1fs)', name, accuracies[name].mean(),
                  config.eval.num_tasks, time.perf_counter() - start)
@@ -176,6 +180,7 @@ def run_evaluation(config, params, augmenter: Augmenter, out_dir: str, *,
       'augmenter': f'{config.augmenter.name} (frozen={config.augmenter.frozen})' + (
           f', weights: {config.augmenter.weights or "random initialisation"}'
           if config.augmenter.name == 'resnet50' else ''),
+      'classifier': classifier.describe(),
       'checkpoint': checkpoint_label,
       'test tasks': f'{config.eval.num_tasks} (task seed {config.eval.task_seed})',
       'devices': _device_summary(mesh),
@@ -213,6 +218,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list:
 
   run = outer_step.setup(config)
   augmenter, params = run.augmenter, run.initial_params
+  consts = run.placed_constants(mesh)
   state = run.init_state(mesh)
   ckpts = Checkpoints(workdir, keep=config.keep_checkpoints)
   if ckpts.latest_step() is not None:
@@ -226,7 +232,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list:
     logging.info('augmenter %r has nothing to train (frozen or parameter-free); evaluating only.',
                  config.augmenter.name)
   elif int(state.step) < config.num_meta_steps:
-    _meta_train(config, state, splits, run, mesh, ckpts, writer)
+    _meta_train(config, state, splits, run, consts, mesh, ckpts, writer)
 
   # Report the checkpoint meta-validation selected; without validation, the last one.
   label = 'initial parameters (nothing trained)'
@@ -240,14 +246,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list:
       if which == 'best':
         label += f', meta-val accuracy {ckpts.best_metrics()["val_acc"]:.4f}'
       label += ')'
-  rows = run_evaluation(config, eval_params, augmenter, workdir, checkpoint_label=label,
-                        mesh=mesh, test_split=splits['test'])
+  rows = run_evaluation(config, eval_params, run, workdir, checkpoint_label=label,
+                        mesh=mesh, test_split=splits['test'], consts=consts)
   writer.close()
   ckpts.close()
   return rows
 
 
-def _meta_train(config, state, splits, run: outer_step.MetaSetup, mesh, ckpts, writer) -> None:
+def _meta_train(config, state, splits, run: outer_step.MetaSetup, consts, mesh, ckpts,
+                writer) -> None:
   augmenter, classifier, spec = run.augmenter, run.classifier, run.spec
   train_split = splits['train']
   meta_step = run.meta_step(mesh, config.meta_batch_size)
@@ -259,7 +266,7 @@ def _meta_train(config, state, splits, run: outer_step.MetaSetup, mesh, ckpts, w
     val = (val_split, val_stream, val_fn)
     none = make_augmenter(config.augmenter, 'none')
     base = evaluation.evaluate(none, {}, val_split, classifier, spec, mesh, val_stream,
-                               config.eval.val_tasks, config.eval.batch_size)
+                               config.eval.val_tasks, config.eval.batch_size, consts=consts)
     writer.write_scalars(int(state.step), {'val/none_acc': float(base.mean())})
     logging.info('meta-val accuracy without augmentation: %.4f', base.mean())
 
@@ -268,7 +275,7 @@ def _meta_train(config, state, splits, run: outer_step.MetaSetup, mesh, ckpts, w
                int(state.step), config.num_meta_steps, _device_summary(mesh))
   compile_start = time.perf_counter()
   while int(state.step) < config.num_meta_steps:
-    state, metrics = meta_step(state, train_split)
+    state, metrics = meta_step(state, train_split, consts)
     step = int(state.step)
     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
     if compile_start is not None:
@@ -287,7 +294,7 @@ def _meta_train(config, state, splits, run: outer_step.MetaSetup, mesh, ckpts, w
       val_split, val_stream, val_fn = val
       acc = evaluation.evaluate(augmenter, state.params, val_split, classifier, spec, mesh,
                                 val_stream, config.eval.val_tasks, config.eval.batch_size,
-                                eval_fn=val_fn)
+                                eval_fn=val_fn, consts=consts)
       writer.write_scalars(step, {'val/learned_acc': float(acc.mean())})
       ckpts.save_best(step, state, float(acc.mean()))
       originals, synthetic = evaluation.example_augmentations(
@@ -331,5 +338,5 @@ def evaluate_checkpoint(workdir: str, checkpoint: str = 'best', out_dir: str = '
     label = f'{name} (step {step})'
     ckpts.close()
   out_dir = out_dir or os.path.join(workdir, f'eval_{checkpoint}')
-  return run_evaluation(config, params, augmenter, out_dir, checkpoint_label=label, mesh=mesh)
+  return run_evaluation(config, params, run, out_dir, checkpoint_label=label, mesh=mesh)
 

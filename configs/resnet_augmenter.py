@@ -10,27 +10,16 @@ randomly initialised and the report says so. Frozen trunk (decoder trained):
       --config.augmenter.weights=~/models/resnet-50
 
 Add --config.augmenter.frozen=False to train the trunk too (Section 4.1,
-item 3). The pre-trained ResNet classifier of Section 4.6 is not built yet.
+item 3). The same as configs/combinations.py:convnet,resnet50_frozen; that
+file has every classifier x augmenter combination, the pre-trained ResNet
+classifier of Section 4.6 included.
 """
 
-import importlib.util
 import pathlib
 
-from autoaug_jax.config_schema import lock
-
-
-def _paper_config():
-  """configs/paper.py's config (config files are loaded by path, not as a package)."""
-  path = pathlib.Path(__file__).with_name('paper.py')
-  spec = importlib.util.spec_from_file_location('autoaug_paper_config', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+from autoaug_jax.config_schema import config_from_file
 
 
 def get_config():
-  config = _paper_config()
-  with config.unlocked():
-    config.augmenter.name = 'resnet50'
-    config.augmenter.frozen = True
-  return lock(config)
+  return config_from_file(pathlib.Path(__file__).with_name('combinations.py'),
+                          'convnet,resnet50_frozen')

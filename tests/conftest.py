@@ -5,7 +5,6 @@ programs about 5x faster; tests compare numbers between code paths, not
 speed. Set AUTOAUG_TEST_XLA_FLAGS to override (e.g. to '' for default flags).
 """
 
-import importlib.util
 import os
 import pathlib
 
@@ -22,10 +21,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 def load_config(name: str):
   """configs/NAME.py's get_config(), loaded by path as absl's config flag does."""
-  spec = importlib.util.spec_from_file_location(f'config_{name}', REPO / 'configs' / f'{name}.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  from autoaug_jax.config_schema import config_from_file
+  return config_from_file(REPO / 'configs' / f'{name}.py')
 
 
 @pytest.fixture(scope='session', autouse=True)

@@ -21,9 +21,10 @@ def run(mesh, config, split):
   dev = tasks.to_device(split, sharding.replicated(mesh))
   state = setup.init_state(mesh)
   step = setup.meta_step(mesh, config.meta_batch_size)
-  hlo = step.lower(state, dev).compile().as_text()
+  consts = setup.placed_constants(mesh)
+  hlo = step.lower(state, dev, consts).compile().as_text()
   for _ in range(2):
-    state, metrics = step(state, dev)
+    state, metrics = step(state, dev, consts)
   accs = evaluation.evaluate(setup.augmenter, state.params, dev, setup.classifier, setup.spec,
                              mesh, evaluation.eval_stream(0, 'test'), 6, 6)
   leaf = jax.tree.leaves(state.params)[0]

@@ -31,3 +31,24 @@ def test_paper_config_matches_section_4_1():
   assert (c.inner.steps, c.meta_batch_size, c.num_meta_steps, c.image_size) == (20, 4, 500, 128)
   assert c.augmenter.noise_std ** 2 == pytest.approx(0.01)
   assert c.eval.num_tasks == 100
+
+
+def test_combinations_cover_both_classifiers_and_four_augmenters():
+  from autoaug_jax.config_schema import config_from_file
+  path = REPO / 'configs' / 'combinations.py'
+  seen = set()
+  for clf in ('convnet', 'resnet50'):
+    for aug, (name, frozen) in {'convnet': ('convnet', False),
+                                'resnet50_frozen': ('resnet50', True),
+                                'resnet50': ('resnet50', False),
+                                'random_convnet': ('random_convnet', True)}.items():
+      c = config_from_file(path, f'{clf},{aug}')
+      validate(c)
+      assert c.is_locked and c.image_size == 128 and c.data.name == 'mini_imagenet'
+      assert (c.classifier.name, c.augmenter.name, c.augmenter.frozen) == (clf, name, frozen)
+      seen.add((clf, aug))
+  assert len(seen) == 8
+  assert load_config('resnet_augmenter').to_dict() == config_from_file(
+      path, 'convnet,resnet50_frozen').to_dict()
+  with pytest.raises(ValueError, match=r'expected CLASSIFIER,AUGMENTER .* e\.g\. '):
+    config_from_file(path, 'resnet50,resnet51')

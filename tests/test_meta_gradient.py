@@ -27,7 +27,7 @@ def _problem(config, split, **spec_overrides):
   def meta_loss(params):
     losses, _ = outer_step.batched_outcomes(
         params, dev, key, jnp.arange(config.meta_batch_size), augmenter=run.augmenter,
-        classifier=run.classifier, spec=run.spec, mesh=mesh)
+        classifier=run.classifier, spec=run.spec, mesh=mesh, consts=run.classifier_consts)
     return losses.mean()
 
   return meta_loss, run.initial_params, run
@@ -35,6 +35,17 @@ def _problem(config, split, **spec_overrides):
 
 def _flat(tree):
   return np.concatenate([np.ravel(x) for x in jax.tree.leaves(tree)])
+
+
+def check_directional_derivatives(loss_fn, params, flat_grad, rs, eps, trials=3):
+  """g . d against central differences of `loss_fn` along random directions d (float64)."""
+  for trial in range(trials):
+    direction = jax.tree.map(lambda p: jnp.asarray(rs.normal(size=p.shape)), params)
+    plus = jax.tree.map(lambda p, d: p + eps * d, params, direction)
+    minus = jax.tree.map(lambda p, d: p - eps * d, params, direction)
+    fd = (float(loss_fn(plus)) - float(loss_fn(minus))) / (2 * eps)
+    analytic = float(flat_grad @ _flat(direction))
+    assert abs(fd - analytic) <= 1e-6 * abs(analytic) + 1e-9, (trial, fd, analytic)
 
 
 def test_meta_gradient_matches_central_finite_differences(tiny_config, tiny_splits):
@@ -47,14 +58,7 @@ def test_meta_gradient_matches_central_finite_differences(tiny_config, tiny_spli
     g = _flat(grads)
     assert np.linalg.norm(g) > 1e-6  # the augmenter does get a signal
     eps = 1e-6
-    rs = np.random.default_rng(0)
-    for trial in range(3):
-      direction = jax.tree.map(lambda p: jnp.asarray(rs.normal(size=p.shape)), params)
-      plus = jax.tree.map(lambda p, d: p + eps * d, params, direction)
-      minus = jax.tree.map(lambda p, d: p - eps * d, params, direction)
-      fd = (float(loss_fn(plus)) - float(loss_fn(minus))) / (2 * eps)
-      analytic = float(g @ _flat(direction))
-      assert abs(fd - analytic) <= 1e-6 * abs(analytic) + 1e-9, (trial, fd, analytic)
+    check_directional_derivatives(loss_fn, params, g, np.random.default_rng(0), eps)
     # Single coordinates of both layers (encoder and decoder).
     leaves, treedef = jax.tree.flatten(params)
     for leaf_index in range(len(leaves)):
@@ -81,7 +85,7 @@ def _python_loop(classifier, params, features, labels, steps, lr):
 def test_scan_equals_python_loop_values_and_gradients(tiny_config):
   run = outer_step.setup(tiny_config)
   clf = run.classifier
-  params0, _ = clf.init(jax.random.key(0), (16, 16, 3))
+  params0 = clf.init(jax.random.key(0), (16, 16, 3), {})
   x = jax.random.uniform(jax.random.key(1), (6, 16, 16, 3)) * 2 - 1
   y = jnp.array([0, 1, 2, 0, 1, 2])
   xq = jax.random.uniform(jax.random.key(2), (6, 16, 16, 3)) * 2 - 1

@@ -22,9 +22,10 @@ def _steps(config, split, n, mesh=None):
   dev = tasks.to_device(split, sharding.replicated(mesh))
   state = run.init_state(mesh)
   step = run.meta_step(mesh, config.meta_batch_size)
+  consts = run.placed_constants(mesh)
   history = []
   for _ in range(n):
-    state, metrics = step(state, dev)
+    state, metrics = step(state, dev, consts)
     history.append({k: float(v) for k, v in jax.device_get(metrics).items()})
   return state, history, step
 

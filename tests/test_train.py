@@ -111,8 +111,8 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_config, tmp_p
   def poisoned(self, mesh, batch):
     step_fn = real(self, mesh, batch)
 
-    def wrapped(state, split):
-      state, metrics = step_fn(state, split)
+    def wrapped(state, split, consts):
+      state, metrics = step_fn(state, split, consts)
       if int(state.step) == 3:
         metrics = dict(metrics, meta_loss=np.float32('nan'))
         state = state.replace(params=jax.tree.map(lambda p: p * np.nan, state.params))
