@@ -28,6 +28,7 @@ the resident memory once the host copies are dropped, as training drops them:
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import os
@@ -54,13 +55,17 @@ _DATA_ONLY = flags.DEFINE_boolean('data_only', False,
 flags.mark_flags_as_required(['config'])
 
 
-def _flops(config, mesh, split, inner_steps: int) -> float:
+def _flops(config, mesh, split, inner_steps: int,
+           run: outer_step.MetaSetup | None = None) -> float:
   """XLA's FLOP count of one meta-step with `inner_steps` unrolled inner steps.
 
   Counted with all of a device's tasks in one vmap (task_chunk=0): the same
   arithmetic as any chunking, but with no lax.map whose body XLA would count once.
+  `run` (else built from config) is reused so that weights are loaded once.
   """
-  run = outer_step.setup(config, inner_steps=inner_steps, unroll=True, task_chunk=0)
+  run = run or outer_step.setup(config)
+  run = dataclasses.replace(run, spec=dataclasses.replace(
+      run.spec, inner_steps=inner_steps, unroll=True, task_chunk=0))
   state = run.init_state(mesh)
   consts = run.placed_constants(mesh)
   compiled = run.meta_step(mesh, config.meta_batch_size).lower(state, split, consts).compile()
@@ -70,12 +75,12 @@ def _flops(config, mesh, split, inner_steps: int) -> float:
   return float(cost.get('flops', float('nan'))) * mesh.devices.size
 
 
-def flop_count(config, mesh, split) -> float:
+def flop_count(config, mesh, split, run: outer_step.MetaSetup | None = None) -> float:
   """XLA's FLOPs of one meta-step at the configured inner steps (see module docstring)."""
   steps = config.inner.steps
   if steps <= 3:
-    return _flops(config, mesh, split, steps)
-  f2, f3 = _flops(config, mesh, split, 2), _flops(config, mesh, split, 3)
+    return _flops(config, mesh, split, steps, run)
+  f2, f3 = _flops(config, mesh, split, 2, run), _flops(config, mesh, split, 3, run)
   return f2 + (steps - 2) * (f3 - f2)
 
 
@@ -154,7 +159,7 @@ def benchmark(config, steps: int = 5, warmup: int = 2, count_flops: bool = True)
 
   flops = float('nan')
   if count_flops:
-    flops = flop_count(config, mesh, split)
+    flops = flop_count(config, mesh, split, run)
   d = mesh.devices.flat[0]
   return {
       'meta_steps_per_s': 1.0 / median,

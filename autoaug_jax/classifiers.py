@@ -1,7 +1,7 @@
 """Classifiers trained inside the inner loop, behind one interface.
 
 Data flow: augmenter -> classifier (this module) -> inner loop. A classifier
-has four pure parts:
+has four parts, all pure but the loading in `constants`:
 
 - `constants(seed)`: host arrays that never change during a run (a
   pre-trained network's weights; `{}` for the ConvNet). The orchestrator places
@@ -15,7 +15,8 @@ has four pure parts:
   meta-gradient reaches S' through it).
 - `logits(params, features)`: the part every inner step runs.
 
-The paper's ConvNet (Section 4.1) trains everything, so its `embed` only
+(`describe()` names the classifier in reports.) The paper's ConvNet
+(Section 4.1) trains everything, so its `embed` only
 rescales pixels. The pre-trained ResNet-50 (Section 4.6) puts its frozen
 bottom in `embed`, so twenty inner steps cost twenty passes through the top
 blocks and the head only (`embed_once=False` runs the whole network in every
@@ -25,17 +26,32 @@ step instead, for the benchmark's comparison).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Protocol
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from autoaug_jax import resnet
 from autoaug_jax.layers import Conv3x3, max_pool_2x2
 
 Params = Any
+
+
+class Classifier(Protocol):
+  """What the inner loop, outer step and evaluation need of a classifier."""
+
+  def constants(self, seed: int) -> Params: ...
+
+  def init(self, key: jax.Array, image_shape: tuple[int, int, int], consts: Params) -> Params: ...
+
+  def embed(self, consts: Params, images: jax.Array) -> jax.Array: ...
+
+  def logits(self, params: Params, features: jax.Array) -> jax.Array: ...
+
+  def describe(self) -> str: ...
 
 
 def _float_dtype():
@@ -133,9 +149,14 @@ class ResNetClassifier:
   conv_impl: str = 'patches'
 
   @property
-  def split(self) -> int:
-    """Index of the first trained block."""
+  def first_trained_block(self) -> int:
     return self.arch.num_blocks - self.trainable_blocks
+
+  def _check(self, consts: Params) -> None:
+    if not consts:
+      raise ValueError('ResNetClassifier needs its pre-trained weights: pass '
+                       'MetaSetup.placed_constants(mesh) (classifier.constants(seed) on the '
+                       'devices) as consts.')
 
   @property
   def head(self) -> Head:
@@ -145,7 +166,8 @@ class ResNetClassifier:
     loaded = resnet.load(self.weights, seed=seed)
     if loaded.arch != self.arch:
       raise resnet.WeightsError(f'{self.weights}: weights for {loaded.arch}, expected '
-                                f'{self.arch}.')
+                                f'{self.arch}; its config.json changed after the run was '
+                                'configured. Start the run again.')
     return loaded
 
   def constants(self, seed: int) -> Params:
@@ -157,35 +179,35 @@ class ResNetClassifier:
     """{'blocks': the top blocks' pre-trained variables, 'head': fresh} (+ 'bottom' when
     embed_once=False)."""
     del image_shape
-    if not consts:
-      raise ValueError('ResNetClassifier needs its pre-trained constants; pass '
-                       'classifier.constants(seed) (placed on the devices) as consts.')
+    self._check(consts)
     dtype = _float_dtype()
     head = self.head.init(key, jnp.zeros((1, 1, 1, self.arch.out_channels), dtype))['params']
-    params = {'blocks': resnet.block_variables(self.arch, consts, self.split),
+    params = {'blocks': resnet.block_variables(self.arch, consts, self.first_trained_block),
               'head': jax.tree.map(lambda p: p.astype(dtype), head)}
     if not self.embed_once:
-      params['bottom'] = resnet.block_variables(self.arch, consts, -1, self.split)
+      params['bottom'] = resnet.block_variables(self.arch, consts, -1, self.first_trained_block)
     return params
 
   def embed(self, consts: Params, images: jax.Array) -> jax.Array:
     """images [n, H, W, 3] in [0, 1] -> output of the frozen bottom [n, h, w, C]
     (normalised images [n, H, W, 3] when embed_once=False)."""
+    self._check(consts)
     x = resnet.normalise(self.mean, self.std, images)
     if not self.embed_once:
       return x
-    frozen = jax.lax.stop_gradient(resnet.block_variables(self.arch, consts, -1, self.split))
-    return resnet.apply(self.arch, frozen, x, -1, self.split, impl=self.conv_impl)
+    end = self.first_trained_block
+    frozen = jax.lax.stop_gradient(resnet.block_variables(self.arch, consts, -1, end))
+    return resnet.apply(self.arch, frozen, x, -1, end, impl=self.conv_impl)
 
   def logits(self, params: Params, features: jax.Array) -> jax.Array:
     """features from `embed` -> logits [n, num_classes]."""
     x = features
     if not self.embed_once:
-      x = resnet.apply(self.arch, jax.lax.stop_gradient(params['bottom']), x, -1, self.split,
-                       impl=self.conv_impl)
+      x = resnet.apply(self.arch, jax.lax.stop_gradient(params['bottom']), x, -1,
+                       self.first_trained_block, impl=self.conv_impl)
     blocks = {'params': params['blocks']['params'],
               'batch_stats': jax.lax.stop_gradient(params['blocks']['batch_stats'])}
-    x = resnet.apply(self.arch, blocks, x, self.split, impl=self.conv_impl)
+    x = resnet.apply(self.arch, blocks, x, self.first_trained_block, impl=self.conv_impl)
     return self.head.apply({'params': params['head']}, x)
 
   def describe(self) -> str:
@@ -212,7 +234,7 @@ CLASSIFIERS = {
 }
 
 
-def make_classifier(config) -> ConvNetClassifier | ResNetClassifier:
+def make_classifier(config: ml_collections.ConfigDict) -> Classifier:
   """Builds `config.classifier.name` for `config.task.n_way` classes."""
   name = config.classifier.name
   if name not in CLASSIFIERS:

@@ -211,9 +211,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
            f'classifier.weights={clf_weights!r} is not a directory. Give a local Hugging Face '
            "ResNet directory (save_pretrained output), or '' for random initialisation.")
   blocks = config.classifier.trainable_blocks
-  _require(isinstance(blocks, int) and blocks >= 0,
+  _require(isinstance(blocks, int) and not isinstance(blocks, bool) and blocks >= 0,
            f'classifier.trainable_blocks={blocks!r} must be a non-negative integer.')
-  _require(config.classifier.hidden >= 0,
+  _require(isinstance(config.classifier.hidden, int) and config.classifier.hidden >= 0,
            f'classifier.hidden={config.classifier.hidden} must be >= 0.')
   if config.classifier.name == 'resnet50':
     from autoaug_jax import resnet  # reads config.json only; imports transformers

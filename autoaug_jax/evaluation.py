@@ -22,12 +22,13 @@ from jax.sharding import Mesh
 
 from autoaug_jax import rng
 from autoaug_jax.augmenters import Augmenter, Params
+from autoaug_jax.classifiers import Classifier
 from autoaug_jax.outer_step import TaskSpec, batched_outcomes
 from autoaug_jax.sharding import padded, replicated, task_sharded
 from autoaug_jax.tasks import DeviceSplit, sample_task
 
 
-def make_eval_fn(augmenter: Augmenter, classifier, spec: TaskSpec, mesh: Mesh):
+def make_eval_fn(augmenter: Augmenter, classifier: Classifier, spec: TaskSpec, mesh: Mesh):
   """Compiled `(params, split, stream_key, indices [b], consts) -> (acc [b], loss [b])`.
 
   `consts` are the classifier's constants placed on the mesh ({} for the ConvNet).
@@ -45,15 +46,15 @@ def make_eval_fn(augmenter: Augmenter, classifier, spec: TaskSpec, mesh: Mesh):
                  out_shardings=(sharded, sharded))
 
 
-def evaluate(augmenter: Augmenter, params: Params, split: DeviceSplit, classifier,
+def evaluate(augmenter: Augmenter, params: Params, split: DeviceSplit, classifier: Classifier,
              spec: TaskSpec, mesh: Mesh, stream_key: jax.Array, num_tasks: int,
-             batch_size: int, eval_fn=None, consts: Params = None) -> np.ndarray:
+             batch_size: int, *, consts: Params, eval_fn=None) -> np.ndarray:
   """Query accuracy of each of tasks 0..num_tasks-1 of `stream_key`: [num_tasks] float.
 
-  `consts`: the classifier's constants, placed on the mesh (None for {}).
+  `consts`: the classifier's constants placed on the mesh
+  (`MetaSetup.placed_constants`; {} for the ConvNet).
   """
   eval_fn = eval_fn or make_eval_fn(augmenter, classifier, spec, mesh)
-  consts = {} if consts is None else consts
   batch = padded(min(batch_size, num_tasks), mesh)
   accs = []
   for start in range(0, num_tasks, batch):

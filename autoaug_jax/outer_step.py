@@ -23,7 +23,7 @@ from jax.sharding import PartitionSpec as P
 
 from autoaug_jax import rng
 from autoaug_jax.augmenters import Augmenter, make_augmenter
-from autoaug_jax.classifiers import make_classifier
+from autoaug_jax.classifiers import Classifier, make_classifier
 from autoaug_jax.inner_loop import accuracy, cross_entropy, train_classifier
 from autoaug_jax.sharding import TASK_AXIS, replicated
 from autoaug_jax.tasks import DeviceSplit, sample_task
@@ -72,14 +72,13 @@ class MetaState:
 
 
 def task_outcome(aug_params: Params, split: DeviceSplit, keys: dict[str, jax.Array], *,
-                 augmenter: Augmenter, classifier, spec: TaskSpec,
-                 consts: Params = None) -> tuple[jax.Array, dict]:
+                 augmenter: Augmenter, classifier: Classifier, spec: TaskSpec,
+                 consts: Params) -> tuple[jax.Array, dict]:
   """Algorithm 1 for one task; returns (query loss, flat dict of scalar metrics).
 
-  `consts` are the classifier's constants (`classifier.constants(seed)`, e.g.
-  pre-trained weights; None for {}).
+  `consts` are the classifier's constants (`classifier.constants(seed)`: the
+  pre-trained weights of a ResNet, {} for the ConvNet).
   """
-  consts = {} if consts is None else consts
   task = sample_task(split, keys['sample'], n_way=spec.n_way, k_shot=spec.k_shot,
                      q_query=spec.q_query, spurious=spec.spurious)
   synthetic, synthetic_labels = augmenter.augment(
@@ -114,8 +113,8 @@ def task_outcome(aug_params: Params, split: DeviceSplit, keys: dict[str, jax.Arr
 
 
 def batched_outcomes(aug_params: Params, split: DeviceSplit, stream_key: jax.Array,
-                     indices: jax.Array, *, augmenter: Augmenter, classifier, spec: TaskSpec,
-                     mesh: Mesh, consts: Params = None) -> tuple[jax.Array, dict]:
+                     indices: jax.Array, *, augmenter: Augmenter, classifier: Classifier,
+                     spec: TaskSpec, mesh: Mesh, consts: Params) -> tuple[jax.Array, dict]:
   """`task_outcome` for tasks `indices` [B] of a key stream, sharded over the mesh.
 
   The B tasks are laid out as [devices, B / devices]; the first axis is
@@ -176,7 +175,7 @@ def init_state(params: Params, optimizer: optax.GradientTransformation, seed: in
   return jax.device_put(state, replicated(mesh))
 
 
-def make_meta_step(augmenter: Augmenter, classifier, spec: TaskSpec,
+def make_meta_step(augmenter: Augmenter, classifier: Classifier, spec: TaskSpec,
                    optimizer: optax.GradientTransformation, mesh: Mesh, meta_batch_size: int):
   """Returns the compiled `meta_step(state, split, consts) -> (state, metrics)`.
 
@@ -213,12 +212,12 @@ def make_meta_step(augmenter: Augmenter, classifier, spec: TaskSpec,
 class MetaSetup:
   """The pieces one run (or benchmark) is assembled from."""
   augmenter: Augmenter
-  classifier: Any
+  classifier: Classifier
   spec: TaskSpec
   optimizer: optax.GradientTransformation
   initial_params: Params  # init_params(augmenter, spec, seed), computed once
   seed: int
-  classifier_consts: Params = dataclasses.field(default_factory=dict)  # host arrays
+  classifier_consts: Params  # classifier.constants(seed), host arrays
 
   def init_state(self, mesh: Mesh) -> MetaState:
     return init_state(self.initial_params, self.optimizer, self.seed, mesh)

@@ -39,7 +39,7 @@ from autoaug_jax.resnet import WeightsError
 # in a task's query loss; an unchanged config resumes bit for bit.)
 RESUMABLE_KEYS = ('num_meta_steps', 'eval.', 'log_every', 'checkpoint_every',
                   'keep_checkpoints', 'num_devices', 'num_cpu_devices', 'data.dir',
-                  'inner.remat', 'task_chunk')
+                  'inner.remat', 'task_chunk', 'classifier.embed_once')
 
 
 class WorkdirError(RuntimeError):
@@ -80,7 +80,9 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
   if os.path.exists(path):
     with open(path) as f:
       old = json.load(f)
-    old_flat, new_flat = _flatten(old), _flatten(new)
+    # Keys added to the schema after the run started count as their defaults.
+    defaults = _flatten(json.loads(base_config().to_json()))
+    old_flat, new_flat = {**defaults, **_flatten(old)}, _flatten(new)
     changed = sorted(k for k in old_flat.keys() | new_flat.keys()
                      if old_flat.get(k) != new_flat.get(k)
                      and not k.startswith(RESUMABLE_KEYS))
@@ -150,7 +152,7 @@ def _device_summary(mesh) -> str:
 
 def run_evaluation(config, params, run: outer_step.MetaSetup, out_dir: str, *,
                    checkpoint_label: str, mesh, test_split: tasks.DeviceSplit | None = None,
-                   consts=None) -> list:
+                   consts: Any = None) -> list:
   """Evaluates every method on the test tasks and writes the report into out_dir.
 
   `consts`: the classifier's constants already on the mesh (placed here if None).

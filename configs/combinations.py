@@ -31,7 +31,7 @@ Add --config.data.name=glyphs to run on the embedded dataset, and
 
 import pathlib
 
-from autoaug_jax.config_schema import config_from_file, lock
+from autoaug_jax.config_schema import ConfigError, config_from_file, lock
 
 CLASSIFIERS = ('convnet', 'resnet50')
 # augmenter choice -> (augmenter.name, augmenter.frozen)
@@ -46,7 +46,7 @@ AUGMENTERS = {
 def get_config(arg: str = 'resnet50,convnet'):
   parts = [p.strip() for p in arg.split(',')]
   if len(parts) != 2 or parts[0] not in CLASSIFIERS or parts[1] not in AUGMENTERS:
-    raise ValueError(f'configs/combinations.py:{arg}: expected CLASSIFIER,AUGMENTER with '
+    raise ConfigError(f'configs/combinations.py:{arg}: expected CLASSIFIER,AUGMENTER with '
                      f'CLASSIFIER in {CLASSIFIERS} and AUGMENTER in {tuple(AUGMENTERS)}, '
                      'e.g. configs/combinations.py:resnet50,resnet50_frozen.')
   classifier, augmenter = parts

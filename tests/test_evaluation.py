@@ -60,8 +60,10 @@ def test_results_do_not_depend_on_batching(eval_setup):
   config, mesh, dev, run = eval_setup
   stream = evaluation.eval_stream(0, 'test')
   none = make_augmenter(config.augmenter, 'none')
-  one_batch = evaluation.evaluate(none, {}, dev, run.classifier, run.spec, mesh, stream, 5, 5)
-  batched = evaluation.evaluate(none, {}, dev, run.classifier, run.spec, mesh, stream, 5, 2)
+  one_batch = evaluation.evaluate(none, {}, dev, run.classifier, run.spec, mesh, stream, 5, 5,
+                                  consts={})
+  batched = evaluation.evaluate(none, {}, dev, run.classifier, run.spec, mesh, stream, 5, 2,
+                                consts={})
   np.testing.assert_array_equal(one_batch, batched)
   assert one_batch.shape == (5,)
 
@@ -91,5 +93,6 @@ def test_eval_fn_compiles_once_per_method(eval_setup):
   none = make_augmenter(config.augmenter, 'none')
   fn = evaluation.make_eval_fn(none, run.classifier, run.spec, mesh)
   stream = evaluation.eval_stream(0, 'test')
-  evaluation.evaluate(none, {}, dev, run.classifier, run.spec, mesh, stream, 6, 2, eval_fn=fn)
+  evaluation.evaluate(none, {}, dev, run.classifier, run.spec, mesh, stream, 6, 2, eval_fn=fn,
+                      consts={})
   assert fn._cache_size() == 1

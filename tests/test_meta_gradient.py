@@ -127,7 +127,8 @@ def test_vmap_over_tasks_equals_loop_over_tasks(tiny_config, tiny_splits, task_c
     losses = []
     for i in range(3):
       loss, _ = outer_step.task_outcome(p, dev, rng.task_keys(key, i), augmenter=run.augmenter,
-                                        classifier=run.classifier, spec=run.spec)
+                                        classifier=run.classifier, spec=run.spec,
+                                        consts=run.classifier_consts)
       losses.append(loss)
     return jnp.stack(losses).mean()
 

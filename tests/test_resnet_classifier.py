@@ -4,11 +4,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import load_config
 from resnet_fixtures import save_tiny_resnet
 from test_meta_gradient import _flat, _python_loop, check_directional_derivatives
 from test_meta_gradient import _problem as meta_problem
 
-from autoaug_jax import outer_step, resnet, sharding, tasks
+from autoaug_jax import evaluation, outer_step, resnet, sharding, tasks
 from autoaug_jax.classifiers import ResNetClassifier, make_classifier
 from autoaug_jax.config_schema import ConfigError, validate
 from autoaug_jax.inner_loop import cross_entropy, train_classifier
@@ -36,7 +37,7 @@ def resnet_classifier_config(config, weights, trainable_blocks=2, embed_once=Tru
 def test_loads_through_the_real_path_and_splits_at_the_configured_block(tiny_config, weights):
   clf = make_classifier(resnet_classifier_config(tiny_config, weights, trainable_blocks=2))
   assert isinstance(clf, ResNetClassifier)
-  assert clf.arch.num_blocks == TINY_BLOCKS and clf.split == 3
+  assert clf.arch.num_blocks == TINY_BLOCKS and clf.first_trained_block == 3
   assert clf.mean == (0.5, 0.5, 0.5)  # the directory's preprocessor_config.json
   consts = clf.constants(0)
   jax.tree.map(np.testing.assert_array_equal, consts, resnet.load(weights).variables)
@@ -89,8 +90,9 @@ def test_scan_equals_python_loop(tiny_config, weights):
       params, _ = train_classifier(clf, params0, features, y, steps=4, lr=0.3, remat=True)
     return cross_entropy(clf.logits(params, clf.embed(consts, xq)), y)
 
-  l_scan, g_scan = jax.value_and_grad(query_loss)(x, False)
-  l_loop, g_loop = jax.value_and_grad(query_loss)(x, True)
+  both = jax.jit(jax.value_and_grad(query_loss), static_argnums=1)
+  l_scan, g_scan = both(x, False)
+  l_loop, g_loop = both(x, True)
   np.testing.assert_allclose(l_scan, l_loop, rtol=1e-5)
   assert float(jnp.abs(g_loop).max()) > 0  # the gradient reaches the images through the bottom
   np.testing.assert_allclose(g_scan, g_loop, rtol=1e-4, atol=1e-7)
@@ -114,7 +116,7 @@ def test_embedding_once_equals_running_the_bottom_in_every_step(tiny_config, tin
                                                                 weights):
   once, params, _ = meta_problem(resnet_classifier_config(tiny_config, weights, 2, True),
                                  tiny_splits['train'])
-  every, _, _ = meta_problem(resnet_classifier_config(tiny_config, weights, 2, False),
+  every, _, _ = meta_problem(resnet_classifier_config(load_config('tiny'), weights, 2, False),
                              tiny_splits['train'])
   l_once, g_once = jax.jit(jax.value_and_grad(once))(params)
   l_every, g_every = jax.jit(jax.value_and_grad(every))(params)
@@ -142,6 +144,13 @@ def test_weights_are_an_argument_of_the_compiled_step_not_a_constant(tiny_config
   assert float(m1['meta_loss']) != float(m2['meta_loss'])
   moved = jax.tree.map(lambda a, b: not np.array_equal(a, np.asarray(b)), before, state.params)
   assert all(jax.tree.leaves(moved))
+  # The evaluation function too: one executable for any weights.
+  eval_fn = evaluation.make_eval_fn(run.augmenter, run.classifier, run.spec, mesh)
+  stream = evaluation.eval_stream(0, 'test')
+  accs = [evaluation.evaluate(run.augmenter, state.params, split, run.classifier, run.spec, mesh,
+                              stream, 2, 2, consts=c, eval_fn=eval_fn)
+          for c in (consts, jax.device_put(other, sharding.replicated(mesh)))]
+  assert eval_fn._cache_size() == 1 and accs[0].shape == accs[1].shape == (2,)
   # The host constants the step read are untouched (no donation, no in-place update).
   jax.tree.map(np.testing.assert_array_equal, run.classifier_consts, resnet.load(weights).variables)
 
@@ -157,8 +166,14 @@ def test_bad_classifier_settings_are_refused_before_anything_runs(tiny_config, w
   with pytest.raises(resnet.WeightsError, match='has no config.json'):
     resnet_classifier_config(tiny_config, str(empty))
   clf = make_classifier(resnet_classifier_config(tiny_config, weights))
-  with pytest.raises(ValueError, match='needs its pre-trained constants'):
+  with pytest.raises(ValueError, match=r'needs its pre-trained weights: pass '
+                                       r'MetaSetup.placed_constants'):
+    clf.embed({}, jnp.zeros((1, 16, 16, 3)))  # task_outcome's first use of them
+  with pytest.raises(ValueError, match='needs its pre-trained weights'):
     clf.init(jax.random.key(0), (16, 16, 3), {})
+  # Last: ml_collections then retypes the field to bool for this config.
+  with pytest.raises(ConfigError, match=r'trainable_blocks=True must be a non-negative integer'):
+    resnet_classifier_config(tiny_config, weights, trainable_blocks=True)
 
 
 @pytest.mark.slow

@@ -178,3 +178,17 @@ def test_cli_reports_one_clear_error(tmp_path):
       "error: augmenter.name='stylegan' is unknown; choose one of ['convnet', 'duplicate', "
       "'fixed', 'none', 'random_convnet', 'resnet50'].")
   assert 'Traceback' not in out.stderr
+
+
+def test_workdir_from_before_a_schema_addition_still_resumes(tiny_config, tmp_path):
+  """A config.json written before a key existed counts that key as its default."""
+  train.prepare_workdir(str(tmp_path), tiny_config)
+  path = tmp_path / 'config.json'
+  old = json.loads(path.read_text())
+  del old['classifier']['embed_once'], old['classifier']['trainable_blocks']
+  path.write_text(json.dumps(old))
+  train.prepare_workdir(str(tmp_path), tiny_config)  # accepted: the defaults match
+  path.write_text(json.dumps(old))
+  tiny_config.classifier.trainable_blocks = 1
+  with pytest.raises(ConfigError, match=r'classifier.trainable_blocks: 3 -> 1'):
+    train.prepare_workdir(str(tmp_path), tiny_config)
