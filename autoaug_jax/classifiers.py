@@ -162,18 +162,11 @@ class ResNetClassifier:
   def head(self) -> Head:
     return Head(self.num_classes, self.hidden)
 
-  def load(self, seed: int) -> resnet.Pretrained:
-    loaded = resnet.load(self.weights, seed=seed)
-    if loaded.arch != self.arch:
-      raise resnet.WeightsError(f'{self.weights}: weights for {loaded.arch}, expected '
-                                f'{self.arch}; its config.json changed after the run was '
-                                'configured. Start the run again.')
-    return loaded
-
   def constants(self, seed: int) -> Params:
     """The pre-trained variables {'params', 'batch_stats'}, host arrays."""
     dtype = np.dtype(_float_dtype())
-    return jax.tree.map(lambda p: np.asarray(p, dtype), self.load(seed).variables)
+    loaded = resnet.load(self.weights, seed=seed, expected=self.arch)
+    return jax.tree.map(lambda p: np.asarray(p, dtype), loaded.variables)
 
   def init(self, key: jax.Array, image_shape: tuple[int, int, int], consts: Params) -> Params:
     """{'blocks': the top blocks' pre-trained variables, 'head': fresh} (+ 'bottom' when

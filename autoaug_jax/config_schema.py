@@ -200,16 +200,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
            '(the augmenter halves and doubles it; the classifier pools three times).')
   _require(config.inner.lr > 0, f'inner.lr={config.inner.lr} must be positive.')
   _require(config.outer.lr > 0, f'outer.lr={config.outer.lr} must be positive.')
-  weights = config.augmenter.weights
-  _require(not weights or os.path.isdir(os.path.expanduser(weights)),
-           f'augmenter.weights={weights!r} is not a directory. Give a local Hugging Face ResNet '
-           "directory (save_pretrained output), or '' for random initialisation.")
+  for key in ('augmenter.weights', 'classifier.weights'):
+    weights = _get(config, key)
+    _require(not weights or os.path.isdir(os.path.expanduser(weights)),
+             f'{key}={weights!r} is not a directory. Give a local Hugging Face ResNet '
+             "directory (save_pretrained output), or '' for random initialisation.")
   _require(config.augmenter.conv_impl in ('patches', 'native'),
            f"augmenter.conv_impl={config.augmenter.conv_impl!r}: choose 'patches' or 'native'.")
-  clf_weights = config.classifier.weights
-  _require(not clf_weights or os.path.isdir(os.path.expanduser(clf_weights)),
-           f'classifier.weights={clf_weights!r} is not a directory. Give a local Hugging Face '
-           "ResNet directory (save_pretrained output), or '' for random initialisation.")
   blocks = config.classifier.trainable_blocks
   _require(isinstance(blocks, int) and not isinstance(blocks, bool) and blocks >= 0,
            f'classifier.trainable_blocks={blocks!r} must be a non-negative integer.')
@@ -217,7 +214,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
            f'classifier.hidden={config.classifier.hidden} must be >= 0.')
   if config.classifier.name == 'resnet50':
     from autoaug_jax import resnet  # reads config.json only; imports transformers
-    num_blocks = resnet.architecture(clf_weights).num_blocks
+    num_blocks = resnet.architecture(config.classifier.weights).num_blocks
     _require(blocks <= num_blocks,
              f'classifier.trainable_blocks={blocks}, but the ResNet has {num_blocks} blocks; '
              f'choose 0..{num_blocks}.')

@@ -127,7 +127,8 @@ def architecture(weights_dir: str, config_overrides: dict | None = None) -> Arch
                                                            local_files_only=True))
 
 
-def load(weights_dir: str, *, seed: int = 0, config_overrides: dict | None = None) -> Pretrained:
+def load(weights_dir: str, *, seed: int = 0, config_overrides: dict | None = None,
+         expected: Architecture | None = None) -> Pretrained:
   """Loads a ResNet from a local Hugging Face directory, or random-initialises ResNet-50.
 
   Args:
@@ -136,7 +137,17 @@ def load(weights_dir: str, *, seed: int = 0, config_overrides: dict | None = Non
       random initialisation.
     seed: initialisation seed when `weights_dir` is ''.
     config_overrides: ResNetConfig fields for the random init (tests use a tiny one).
+    expected: the architecture the caller was configured with (from
+      `architecture`); WeightsError if the loaded one differs.
   """
+  loaded = _load(weights_dir, seed, config_overrides)
+  if expected is not None and loaded.arch != expected:
+    raise WeightsError(f'{loaded.source}: weights for {loaded.arch}, expected {expected}; the '
+                       'directory changed after the run was configured. Start the run again.')
+  return loaded
+
+
+def _load(weights_dir: str, seed: int, config_overrides: dict | None) -> Pretrained:
   from transformers import FlaxResNetModel, ResNetConfig
 
   if not weights_dir:

@@ -24,6 +24,11 @@ def test_loads_through_from_pretrained(saved):
   assert loaded.arch == resnet.Architecture(8, (8, 16, 16, 24), (1, 2, 1, 1))
   assert (loaded.mean, loaded.std) == ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
   jax.tree.map(np.testing.assert_array_equal, loaded.variables, model.params)
+  assert resnet.load(str(path), expected=loaded.arch).arch == loaded.arch
+  other = resnet.Architecture(8, (8, 16, 16, 32), (1, 2, 1, 1))
+  with pytest.raises(resnet.WeightsError, match=r'tiny-resnet: weights for .* expected .* the '
+                                                r'directory changed after the run was configured'):
+    resnet.load(str(path), expected=other)
 
 
 @pytest.mark.parametrize('impl', ['patches', 'native'])

@@ -65,10 +65,8 @@ class ResNetAugmenter(Augmenter):
     dtype = jnp.result_type(float)
     trunk_key, decoder_key = jax.random.split(key)
     seed = int(jax.random.randint(trunk_key, (), 0, 2**31 - 1))
-    loaded = resnet.load(self.weights, seed=seed, config_overrides=dict(self.config_overrides))
-    if loaded.arch != self.arch:
-      raise resnet.WeightsError(f'{self.weights}: weights for {loaded.arch}, expected '
-                                f'{self.arch}.')
+    loaded = resnet.load(self.weights, seed=seed, config_overrides=dict(self.config_overrides),
+                         expected=self.arch)
     side = -(-image_shape[0] // 32)
     dummy = jnp.zeros((1, side, side, self.arch.out_channels), dtype)
     decoder = Decoder().init(decoder_key, dummy)['params']
