@@ -24,6 +24,15 @@ take on each device (plus the device's own bytes_in_use where reported), and
 the resident memory once the host copies are dropped, as training drops them:
 
   python -m autoaug_jax.benchmark --config=configs/paper.py --data_only
+
+With --abstract (diffusion augmenter only) nothing runs: the meta-step is
+compiled for abstract inputs, SD-1.5's and ViT-B/32's shapes with no weights
+and no data, and XLA's memory analysis of that program is reported (argument,
+output, temporary bytes and their sum): the full-size memory estimate on a
+machine without the checkpoint or the accelerator. On CPU it is the CPU
+compiler's buffer assignment, so an estimate of what an accelerator needs:
+
+  python -m autoaug_jax.benchmark --config=configs/diffusion.py --abstract
 """
 
 from __future__ import annotations
@@ -38,11 +47,13 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from autoaug_jax import outer_step, sharding, tasks
-from autoaug_jax.config_schema import validate
+from autoaug_jax.config_schema import ConfigError, validate, validate_diffusion
 from autoaug_jax.train import USER_ERRORS, load_splits, to_device
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'A configs/*.py file.',
@@ -52,6 +63,9 @@ _WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed meta-steps after compilatio
 _FLOPS = flags.DEFINE_boolean('flops', True, 'Count FLOPs (two extra small compiles).')
 _DATA_ONLY = flags.DEFINE_boolean('data_only', False,
                                   'Measure loading and placing the dataset only.')
+_ABSTRACT = flags.DEFINE_boolean('abstract', False,
+                                 'Compile only, for abstract SD-1.5 inputs, and report XLA\'s '
+                                 'memory analysis (augmenter.name=diffusion).')
 flags.mark_flags_as_required(['config'])
 
 
@@ -187,6 +201,82 @@ def benchmark(config, steps: int = 5, warmup: int = 2, count_flops: bool = True)
       'trainable_blocks': (config.classifier.trainable_blocks
                            if config.classifier.name == 'resnet50' else None),
       'embed_once': config.classifier.embed_once,
+      **({'generate_size': config.augmenter.generate_size,
+          'num_inference_steps': config.augmenter.num_inference_steps,
+          'augmenter_remat': config.augmenter.remat,
+          'backprop_last_k': config.augmenter.backprop_last_k,
+          'guidance_scale': config.augmenter.guidance_scale,
+          'sd_dtype': config.augmenter.sd_dtype}
+         if config.augmenter.name == 'diffusion' else {}),
+  }
+
+
+def _abstract(tree):
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), tree)
+
+
+def abstract_memory(config, num_train_classes: int = 64) -> dict:
+  """Compiles the diffusion meta-step for abstract SD-1.5 weights, prompt network,
+  state and split (`num_train_classes` x data.images_per_class images; MiniImagenet
+  has 64 training classes) and returns XLA's memory analysis in MiB."""
+  from autoaug_jax import stable_diffusion
+  from autoaug_jax.augmenters import diffusion
+  from autoaug_jax.classifiers import make_classifier
+
+  a = config.augmenter
+  if a.name != 'diffusion':
+    raise ConfigError(f'--abstract compiles the diffusion augmenter with SD-1.5 shapes; '
+                      f'augmenter.name={a.name!r}. Set --config.augmenter.name=diffusion.')
+  if a.prompt_net.weights:
+    raise ConfigError('--abstract uses ViT-B/32 shapes; leave augmenter.prompt_net.weights empty.')
+  validate_diffusion(a, check_dirs=False)
+  mesh = sharding.mesh_from_config(config)
+  dtype = {'bfloat16': jnp.bfloat16, 'float32': jnp.float32, 'float64': jnp.float64}[a.sd_dtype]
+  sd, weights = stable_diffusion.sd15_abstract(dtype, efficient_attention=a.efficient_attention)
+  augmenter = diffusion.from_models(a, config.task.n_way, sd, weights)
+  spec = outer_step.TaskSpec.from_config(config)
+  params = jax.eval_shape(lambda: outer_step.init_params(augmenter, spec, config.seed))
+  optimizer = outer_step.make_optimizer(config.outer, augmenter, params)
+  state = outer_step.MetaState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params,
+                               opt_state=jax.eval_shape(optimizer.init, params),
+                               key=jax.ShapeDtypeStruct((2,), jnp.uint32))
+  classifier = make_classifier(config)
+  consts = {'classifier': _abstract(classifier.constants(config.seed)), 'augmenter': weights}
+  m, s = config.data.images_per_class, config.image_size
+  split = tasks.DeviceSplit(
+      images=jax.ShapeDtypeStruct((num_train_classes * m, s, s, 3), jnp.uint8),
+      index=jax.ShapeDtypeStruct((num_train_classes, m), jnp.int32),
+      counts=jax.ShapeDtypeStruct((num_train_classes,), jnp.int32))
+  step = outer_step.make_meta_step(augmenter, classifier, spec, optimizer, mesh,
+                                   config.meta_batch_size)
+  start = time.perf_counter()
+  compiled = step.lower(state, split, consts).compile()
+  compile_s = time.perf_counter() - start
+  memory = compiled.memory_analysis()
+  mib = {name: getattr(memory, f'{name}_size_in_bytes') / 2**20
+         for name in ('argument', 'output', 'alias', 'temp', 'generated_code')}
+  d = mesh.devices.flat[0]
+  return {
+      'estimate_total_mb': mib['argument'] + mib['output'] - mib['alias'] + mib['temp'],
+      **{f'{k}_mb': v for k, v in mib.items()},
+      'frozen_weights_mb': sum(x.size * x.dtype.itemsize
+                               for x in jax.tree.leaves(weights)) / 2**20,
+      'compile_s': compile_s,
+      'compiled_for': f'{mesh.devices.size} x {d.platform} ({d.device_kind})',
+      'generate_size': a.generate_size,
+      'num_inference_steps': a.num_inference_steps,
+      'backprop_last_k': a.backprop_last_k,
+      'remat': a.remat,
+      'guidance_scale': a.guidance_scale,
+      'images_per_class': a.factor,
+      'n_way': config.task.n_way,
+      'meta_batch_size': config.meta_batch_size,
+      'sd_dtype': a.sd_dtype,
+      'efficient_attention': a.efficient_attention,
+      'prompt_net': a.prompt_net.name,
+      'classifier': config.classifier.name,
+      'image_size': config.image_size,
+      'inner_steps': config.inner.steps,
   }
 
 
@@ -196,6 +286,8 @@ def main(argv):
   try:
     if _DATA_ONLY.value:
       result = data_benchmark(_CONFIG.value)
+    elif _ABSTRACT.value:
+      result = abstract_memory(_CONFIG.value)
     else:
       result = benchmark(_CONFIG.value, _STEPS.value, _WARMUP.value, _FLOPS.value)
   except USER_ERRORS as e:

@@ -155,8 +155,8 @@ class ResNetClassifier:
   def _check(self, consts: Params) -> None:
     if not consts:
       raise ValueError('ResNetClassifier needs its pre-trained weights: pass '
-                       'MetaSetup.placed_constants(mesh) (classifier.constants(seed) on the '
-                       'devices) as consts.')
+                       "MetaSetup.placed_constants(mesh)['classifier'] "
+                       '(classifier.constants(seed) on the devices) as consts.')
 
   @property
   def head(self) -> Head:

@@ -88,7 +88,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.augmenter = ml_collections.ConfigDict()
   c.augmenter.name = 'convnet'
-  # Synthetic images per support image (Section 4.4).
+  # Synthetic images per support image (Section 4.4); for diffusion, per class.
   c.augmenter.factor = 1
   c.augmenter.frozen = False
   # Latent noise; std 0.1 is the paper's variance 0.01 (Section 4.4).
@@ -99,6 +99,34 @@ def base_config() -> ml_collections.ConfigDict:
   c.augmenter.weights = ''
   # Convolutions of the ResNet trunk: 'patches' (fast on CPU) or 'native'.
   c.augmenter.conv_impl = 'patches'
+  # diffusion (Sections 3.3, 4.7): soft-prompted frozen Stable Diffusion 1.x.
+  # A local pipeline directory (unet/, vae/, text_encoder/, tokenizer/,
+  # scheduler/); nothing is downloaded.
+  c.augmenter.sd_dir = ''
+  c.augmenter.prompt_net = ml_collections.ConfigDict()
+  # 'clip_vit' (pre-trained CLIP ViT-B/32, trainable; the paper's) or 'convnet'
+  # (4 conv layers with max-pooling).
+  c.augmenter.prompt_net.name = 'clip_vit'
+  # clip_vit: a local CLIP vision directory (save_pretrained output); '' = random ViT-B/32.
+  c.augmenter.prompt_net.weights = ''
+  c.augmenter.prompt_net.channels = 64  # convnet width
+  c.augmenter.num_prompt_tokens = 8  # P, the soft prompt's length in "words"
+  # How the P soft tokens meet the base prompt: 'replace' (they are the whole
+  # prompt), 'prepend' or 'append' (to base_prompt's tokens).
+  c.augmenter.prompt_mode = 'replace'
+  c.augmenter.base_prompt = ''
+  c.augmenter.num_inference_steps = 10  # DDIM steps
+  c.augmenter.generate_size = 512  # px generated, then resized to image_size
+  c.augmenter.guidance_scale = 7.5  # classifier-free guidance; 1.0 turns it off
+  # jax.checkpoint around every UNet call and each image's VAE decode.
+  c.augmenter.remat = True
+  # Backpropagate through the last k denoising steps only (DRaFT-K); 0 = all.
+  c.augmenter.backprop_last_k = 0
+  # Frozen SD weights and activations: 'bfloat16' or 'float32' ('float64'
+  # under jax_enable_x64 only, for gradient checks).
+  c.augmenter.sd_dtype = 'bfloat16'
+  # diffusers' memory-efficient (chunked) attention in the UNet.
+  c.augmenter.efficient_attention = False
   # Fixed augmentations baseline (Section 4.1, item 3).
   c.augmenter.fixed = ml_collections.ConfigDict()
   c.augmenter.fixed.flip = True
@@ -205,6 +233,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require(not weights or os.path.isdir(os.path.expanduser(weights)),
              f'{key}={weights!r} is not a directory. Give a local Hugging Face ResNet '
              "directory (save_pretrained output), or '' for random initialisation.")
+  if config.augmenter.name == 'diffusion':
+    validate_diffusion(config.augmenter)
   _require(config.augmenter.conv_impl in ('patches', 'native'),
            f"augmenter.conv_impl={config.augmenter.conv_impl!r}: choose 'patches' or 'native'.")
   blocks = config.classifier.trainable_blocks
@@ -240,6 +270,51 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _require(config.task_chunk >= 0, f'task_chunk={config.task_chunk} must be >= 0.')
   _require(config.num_cpu_devices >= 0,
            f'num_cpu_devices={config.num_cpu_devices} must be >= 0.')
+
+
+def validate_diffusion(a: ml_collections.ConfigDict, *, check_dirs: bool = True) -> None:
+  """The diffusion augmenter's keys (`check_dirs=False`: not its weights directories,
+  for compiling with abstract weights)."""
+  if check_dirs:
+    _require(bool(a.sd_dir),
+             'augmenter.name=diffusion needs augmenter.sd_dir, a local Stable Diffusion 1.x '
+             'pipeline directory (unet/, vae/, text_encoder/, tokenizer/, scheduler/).')
+    from autoaug_jax.stable_diffusion import check_dir  # WeightsError names what is missing
+    check_dir(a.sd_dir)
+  _require(a.prompt_net.name in ('clip_vit', 'convnet'),
+           f"augmenter.prompt_net.name={a.prompt_net.name!r}: choose 'clip_vit' or 'convnet'.")
+  if check_dirs:
+    _require(not a.prompt_net.weights
+             or os.path.isdir(os.path.expanduser(a.prompt_net.weights)),
+             f'augmenter.prompt_net.weights={a.prompt_net.weights!r} is not a directory. Give '
+             "a local CLIP vision directory (save_pretrained output), or '' for a random "
+             'ViT-B/32.')
+  for key in ('num_prompt_tokens', 'num_inference_steps', 'prompt_net.channels'):
+    value = _get(a, key)
+    _require(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+             f'augmenter.{key}={value!r} must be a positive integer.')
+  _require(a.prompt_mode in ('replace', 'prepend', 'append'),
+           f"augmenter.prompt_mode={a.prompt_mode!r}: choose 'replace', 'prepend' or 'append'.")
+  _require(a.prompt_mode != 'replace' or not a.base_prompt,
+           "augmenter.prompt_mode='replace' ignores augmenter.base_prompt; use 'prepend' or "
+           "'append', or clear base_prompt.")
+  # Divisibility by the VAE's and UNet's downsampling is checked on the loaded model.
+  _require(isinstance(a.generate_size, int) and a.generate_size >= 8,
+           f'augmenter.generate_size={a.generate_size!r} must be an integer >= 8.')
+  _require(a.guidance_scale >= 1.0,
+           f'augmenter.guidance_scale={a.guidance_scale} must be >= 1 (1 turns guidance off).')
+  k = a.backprop_last_k
+  _require(isinstance(k, int) and not isinstance(k, bool) and 0 <= k <= a.num_inference_steps,
+           f'augmenter.backprop_last_k={k!r} must lie in 0..num_inference_steps='
+           f'{a.num_inference_steps} (0: every step).')
+  _require(a.sd_dtype in ('bfloat16', 'float32', 'float64'),
+           f"augmenter.sd_dtype={a.sd_dtype!r}: choose 'bfloat16' or 'float32' ('float64' "
+           'with jax_enable_x64).')
+  if a.sd_dtype == 'float64':
+    import jax
+    _require(jax.config.jax_enable_x64,
+             "augmenter.sd_dtype='float64' needs jax_enable_x64 (JAX_ENABLE_X64=1); it is for "
+             "gradient checks. Use 'bfloat16' or 'float32'.")
 
 
 def _get(config: ml_collections.ConfigDict, dotted: str):

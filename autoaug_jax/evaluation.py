@@ -12,6 +12,7 @@ variance; pairing removes it from the deltas).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 
 import jax
@@ -31,7 +32,8 @@ from autoaug_jax.tasks import DeviceSplit, sample_task
 def make_eval_fn(augmenter: Augmenter, classifier: Classifier, spec: TaskSpec, mesh: Mesh):
   """Compiled `(params, split, stream_key, indices [b], consts) -> (acc [b], loss [b])`.
 
-  `consts` are the classifier's constants placed on the mesh ({} for the ConvNet).
+  `consts` are the frozen weights placed on the mesh ({'classifier': ..., 'augmenter':
+  ...}, see `outer_step.task_outcome`).
   """
   spec = dataclasses.replace(spec, remat=False)  # no backward pass here
 
@@ -51,8 +53,8 @@ def evaluate(augmenter: Augmenter, params: Params, split: DeviceSplit, classifie
              batch_size: int, *, consts: Params, eval_fn=None) -> np.ndarray:
   """Query accuracy of each of tasks 0..num_tasks-1 of `stream_key`: [num_tasks] float.
 
-  `consts`: the classifier's constants placed on the mesh
-  (`MetaSetup.placed_constants`; {} for the ConvNet).
+  `consts`: the frozen weights placed on the mesh (`MetaSetup.placed_constants`;
+  {'classifier': {}, 'augmenter': {}} for the ConvNets).
   """
   eval_fn = eval_fn or make_eval_fn(augmenter, classifier, spec, mesh)
   batch = padded(min(batch_size, num_tasks), mesh)
@@ -116,21 +118,37 @@ def summarize(accuracies: Mapping[str, np.ndarray], baseline: str = 'none') -> l
 
 
 def example_augmentations(augmenter: Augmenter, params: Params, split: DeviceSplit,
-                          spec: TaskSpec, stream_key: jax.Array,
-                          index: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                          spec: TaskSpec, stream_key: jax.Array, index: int = 0, *,
+                          consts: Params = None) -> tuple[np.ndarray, np.ndarray]:
   """Support images of task `index` and the augmenter's synthetic images of them.
 
+  `consts`: the augmenter's frozen weights (`augmenter.constants`), if any.
+
   Returns:
-    originals [N * K, H, W, 3] and synthetic [F * N * K, H, W, 3], floats in [0, 1].
+    originals [n, H, W, 3] and synthetic [m, H, W, 3], floats in [0, 1], with
+    synthetic[i] made from originals[i % n]: the N * K support images and their
+    F * N * K augmentations, or, for an augmenter that generates per class
+    (diffusion), the first support image of each class and the F * N images.
   """
+  run = _example_fn(augmenter, spec, index)
+  originals, synthetic = jax.device_get(run(params, split, stream_key, consts or {}))
+  return np.asarray(originals), np.asarray(synthetic)
+
+
+@functools.lru_cache(maxsize=8)
+def _example_fn(augmenter: Augmenter, spec: TaskSpec, index: int):
+  # Cached: meta-validation calls this every few hundred steps, and compiling a
+  # diffusion sampler each time would cost more than the validation itself.
   @jax.jit
-  def run(params, split, key):
+  def run(params, split, key, consts):
     keys = rng.task_keys(key, index)
     task = sample_task(split, keys['sample'], n_way=spec.n_way, k_shot=spec.k_shot,
                        q_query=spec.q_query, spurious=spec.spurious)
     synthetic, _ = augmenter.augment(params, task.support_images, task.support_labels,
-                                     keys['augment'])
-    return task.support_images, synthetic
+                                     keys['augment'], consts)
+    originals = task.support_images
+    if not augmenter.paired:  # class-major support: one image per class
+      originals = originals[::spec.k_shot]
+    return originals, synthetic
 
-  originals, synthetic = jax.device_get(run(params, split, stream_key))
-  return np.asarray(originals), np.asarray(synthetic)
+  return run

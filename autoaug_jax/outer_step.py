@@ -76,24 +76,28 @@ def task_outcome(aug_params: Params, split: DeviceSplit, keys: dict[str, jax.Arr
                  consts: Params) -> tuple[jax.Array, dict]:
   """Algorithm 1 for one task; returns (query loss, flat dict of scalar metrics).
 
-  `consts` are the classifier's constants (`classifier.constants(seed)`: the
-  pre-trained weights of a ResNet, {} for the ConvNet).
+  `consts` holds the frozen weights, passed in rather than closed over:
+  {'classifier': classifier.constants(seed) (a ResNet's pre-trained weights,
+  {} for the ConvNet), 'augmenter': augmenter.constants(seed) (Stable
+  Diffusion's, {} for the others)}.
   """
   task = sample_task(split, keys['sample'], n_way=spec.n_way, k_shot=spec.k_shot,
                      q_query=spec.q_query, spurious=spec.spurious)
   synthetic, synthetic_labels = augmenter.augment(
-      aug_params, task.support_images, task.support_labels, keys['augment'])
+      aug_params, task.support_images, task.support_labels, keys['augment'],
+      consts['augmenter'])
+  clf_consts = consts['classifier']
   # The classifier's fixed part runs once per task, outside the inner scan. S and
   # Q go through it together; S' separately, so that the backward pass through
   # it (the meta-gradient's way to the augmenter) covers S' only.
   n_support = task.support_images.shape[0]
-  data_features = classifier.embed(consts, jnp.concatenate([task.support_images,
-                                                            task.query_images]))
+  data_features = classifier.embed(clf_consts, jnp.concatenate([task.support_images,
+                                                                task.query_images]))
   features = data_features[:n_support]
   if synthetic.shape[0]:
-    features = jnp.concatenate([features, classifier.embed(consts, synthetic)])
+    features = jnp.concatenate([features, classifier.embed(clf_consts, synthetic)])
   labels = jnp.concatenate([task.support_labels, synthetic_labels])
-  params0 = classifier.init(keys['init'], spec.image_shape, consts)
+  params0 = classifier.init(keys['init'], spec.image_shape, clf_consts)
   params, inner_losses = train_classifier(
       classifier, params0, features, labels,
       steps=spec.inner_steps, lr=spec.inner_lr, remat=spec.remat, unroll=spec.unroll)
@@ -105,7 +109,7 @@ def task_outcome(aug_params: Params, split: DeviceSplit, keys: dict[str, jax.Arr
       'inner_loss_first': inner_losses[0],
       'inner_loss_last': inner_losses[-1],
   }
-  if synthetic.shape[0]:
+  if synthetic.shape[0] and augmenter.paired:
     originals = jnp.tile(task.support_images, (synthetic.shape[0] // task.support_images.shape[0],
                                                1, 1, 1))
     metrics['synthetic_l1'] = jnp.abs(synthetic - originals).mean()
@@ -179,8 +183,8 @@ def make_meta_step(augmenter: Augmenter, classifier: Classifier, spec: TaskSpec,
                    optimizer: optax.GradientTransformation, mesh: Mesh, meta_batch_size: int):
   """Returns the compiled `meta_step(state, split, consts) -> (state, metrics)`.
 
-  `consts` are the classifier's constants placed on the mesh
-  (`MetaSetup.placed_constants`). Task keys are `fold_in(stream(root, 'train'),
+  `consts` are the frozen weights placed on the mesh
+  (`MetaSetup.placed_constants`, see `task_outcome`). Task keys are `fold_in(stream(root, 'train'),
   step)` split per task, so the step depends on nothing but its arguments
   (resume-safe). `state` is donated.
   """
@@ -218,13 +222,19 @@ class MetaSetup:
   initial_params: Params  # init_params(augmenter, spec, seed), computed once
   seed: int
   classifier_consts: Params  # classifier.constants(seed), host arrays
+  augmenter_consts: Params = dataclasses.field(default_factory=dict)  # augmenter.constants(seed)
 
   def init_state(self, mesh: Mesh) -> MetaState:
     return init_state(self.initial_params, self.optimizer, self.seed, mesh)
 
+  @property
+  def constants(self) -> Params:
+    """The `consts` argument of the compiled steps, as host arrays."""
+    return {'classifier': self.classifier_consts, 'augmenter': self.augmenter_consts}
+
   def placed_constants(self, mesh: Mesh) -> Params:
-    """The classifier's constants, replicated on the mesh (place once per run)."""
-    return jax.device_put(self.classifier_consts, replicated(mesh))
+    """The frozen weights, replicated on the mesh (place once per run)."""
+    return jax.device_put(self.constants, replicated(mesh))
 
   def meta_step(self, mesh: Mesh, meta_batch_size: int):
     return make_meta_step(self.augmenter, self.classifier, self.spec, self.optimizer, mesh,
@@ -233,11 +243,12 @@ class MetaSetup:
 
 def setup(config, **spec_overrides) -> MetaSetup:
   """Builds augmenter, classifier, task spec and optimiser from a config."""
-  augmenter = make_augmenter(config.augmenter)
+  augmenter = make_augmenter(config.augmenter, n_way=config.task.n_way)
   spec = dataclasses.replace(TaskSpec.from_config(config), **spec_overrides)
   params = init_params(augmenter, spec, config.seed)
   classifier = make_classifier(config)
   return MetaSetup(augmenter=augmenter, classifier=classifier, spec=spec,
                    optimizer=make_optimizer(config.outer, augmenter, params),
                    initial_params=params, seed=config.seed,
-                   classifier_consts=classifier.constants(config.seed))
+                   classifier_consts=classifier.constants(config.seed),
+                   augmenter_consts=augmenter.constants(config.seed))

@@ -67,7 +67,8 @@ def augmentation_grid(examples: Mapping[str, tuple[np.ndarray, np.ndarray]],
 
   Args:
     examples: method -> (originals [n, H, W, 3], synthetic [m, H, W, 3]), floats
-      in [0, 1]; synthetic[i] is generated from originals[i % n].
+      in [0, 1]; synthetic[i] is generated from originals[i % n] (n may differ
+      between methods: per-class augmenters show one original per class).
     max_images: columns.
 
   Returns:
@@ -75,12 +76,11 @@ def augmentation_grid(examples: Mapping[str, tuple[np.ndarray, np.ndarray]],
   """
   first = next(iter(examples.values()))[0]
   h, w = first.shape[1:3]
-  cols = min(max_images, first.shape[0])
+  cols = min(max_images, max(o.shape[0] for o, _ in examples.values()))
   tiles = []
-  for originals, synthetic in examples.values():
-    tiles.append(originals[:cols])
-    row = np.ones((cols, h, w, 3), np.float32)
-    row[:min(cols, synthetic.shape[0])] = synthetic[:cols]
+  for images in (x for pair in examples.values() for x in pair):
+    row = np.ones((cols, h, w, 3), np.float32)  # white where a method has fewer images
+    row[:min(cols, images.shape[0])] = images[:cols]
     tiles.append(row)
   grid = np.ones((len(tiles), cols, h + 2, w + 2, 3), np.float32)
   grid[:, :, 1:-1, 1:-1] = np.stack(tiles)

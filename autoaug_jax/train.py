@@ -39,7 +39,11 @@ from autoaug_jax.resnet import WeightsError
 # in a task's query loss; an unchanged config resumes bit for bit.)
 RESUMABLE_KEYS = ('num_meta_steps', 'eval.', 'log_every', 'checkpoint_every',
                   'keep_checkpoints', 'num_devices', 'num_cpu_devices', 'data.dir',
-                  'inner.remat', 'task_chunk', 'classifier.embed_once')
+                  'inner.remat', 'task_chunk', 'classifier.embed_once',
+                  # Memory/speed knobs of the diffusion augmenter, not its numbers,
+                  # and where its weights live (read at start-up only).
+                  'augmenter.remat', 'augmenter.efficient_attention', 'augmenter.sd_dir',
+                  'augmenter.prompt_net.weights')
 
 
 class WorkdirError(RuntimeError):
@@ -140,7 +144,7 @@ def eval_methods(config, augmenter: Augmenter, params) -> dict[str, tuple[Augmen
       else:
         methods.setdefault(config.augmenter.name, (augmenter, params))
       continue
-    aug = make_augmenter(config.augmenter, name)
+    aug = make_augmenter(config.augmenter, name, n_way=config.task.n_way)
     methods[name] = (aug, outer_step.init_params(aug, spec, config.seed))
   return methods
 
@@ -155,7 +159,7 @@ def run_evaluation(config, params, run: outer_step.MetaSetup, out_dir: str, *,
                    consts: Any = None) -> list:
   """Evaluates every method on the test tasks and writes the report into out_dir.
 
-  `consts`: the classifier's constants already on the mesh (placed here if None).
+  `consts`: the frozen weights already on the mesh (placed here if None).
   """
   if test_split is None:
     test_split = to_device(load_splits(config, ('test',)), mesh)['test']
@@ -166,10 +170,13 @@ def run_evaluation(config, params, run: outer_step.MetaSetup, out_dir: str, *,
   accuracies, examples = {}, {}
   for name, (aug, p) in eval_methods(config, run.augmenter, params).items():
     start = time.perf_counter()
+    # Baselines get no augmenter weights (the run's, e.g. Stable Diffusion's, are its own).
+    method_consts = {**consts, 'augmenter': consts['augmenter'] if aug is run.augmenter else {}}
     accuracies[name] = evaluation.evaluate(aug, p, test_split, classifier, spec, mesh, stream,
                                            config.eval.num_tasks, config.eval.batch_size,
-                                           consts=consts)
-    examples[name] = evaluation.example_augmentations(aug, p, test_split, spec, stream)
+                                           consts=method_consts)
+    examples[name] = evaluation.example_augmentations(aug, p, test_split, spec, stream,
+                                                      consts=method_consts['augmenter'])
     logging.info('eval %-15s accuracy %.4f (%d tasks, %.1fs)', name, accuracies[name].mean(),
                  config.eval.num_tasks, time.perf_counter() - start)
   rows = evaluation.summarize(accuracies)
@@ -181,7 +188,9 @@ def run_evaluation(config, params, run: outer_step.MetaSetup, out_dir: str, *,
       'dataset': f'{config.data.name} (meta-test classes: {test_split.num_classes})',
       'augmenter': f'{config.augmenter.name} (frozen={config.augmenter.frozen})' + (
           f', weights: {config.augmenter.weights or "random initialisation"}'
-          if config.augmenter.name == 'resnet50' else ''),
+          if config.augmenter.name == 'resnet50' else '') + (
+          f': {run.augmenter.describe()}; SD weights: {config.augmenter.sd_dir}'
+          if config.augmenter.name == 'diffusion' else ''),
       'classifier': classifier.describe(),
       'checkpoint': checkpoint_label,
       'test tasks': f'{config.eval.num_tasks} (task seed {config.eval.task_seed})',
@@ -268,7 +277,8 @@ def _meta_train(config, state, splits, run: outer_step.MetaSetup, consts, mesh, 
     val = (val_split, val_stream, val_fn)
     none = make_augmenter(config.augmenter, 'none')
     base = evaluation.evaluate(none, {}, val_split, classifier, spec, mesh, val_stream,
-                               config.eval.val_tasks, config.eval.batch_size, consts=consts)
+                               config.eval.val_tasks, config.eval.batch_size,
+                               consts={**consts, 'augmenter': {}})
     writer.write_scalars(int(state.step), {'val/none_acc': float(base.mean())})
     logging.info('meta-val accuracy without augmentation: %.4f', base.mean())
 
@@ -300,7 +310,7 @@ def _meta_train(config, state, splits, run: outer_step.MetaSetup, consts, mesh, 
       writer.write_scalars(step, {'val/learned_acc': float(acc.mean())})
       ckpts.save_best(step, state, float(acc.mean()))
       originals, synthetic = evaluation.example_augmentations(
-          augmenter, state.params, val_split, spec, val_stream)
+          augmenter, state.params, val_split, spec, val_stream, consts=consts['augmenter'])
       writer.write_image(step, 'val/originals_vs_synthetic',
                          report.augmentation_grid({'learned': (originals, synthetic)}))
       logging.info('step %d: meta-val accuracy %.4f (best so far: step %s)', step, acc.mean(),

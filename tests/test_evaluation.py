@@ -9,6 +9,8 @@ import scipy.stats
 from autoaug_jax import evaluation, outer_step, report, sharding, tasks
 from autoaug_jax.augmenters import make_augmenter
 
+NO_CONSTS = {'classifier': {}, 'augmenter': {}}
+
 
 def test_summary_matches_paired_t_interval():
   rs = np.random.default_rng(0)
@@ -61,9 +63,9 @@ def test_results_do_not_depend_on_batching(eval_setup):
   stream = evaluation.eval_stream(0, 'test')
   none = make_augmenter(config.augmenter, 'none')
   one_batch = evaluation.evaluate(none, {}, dev, run.classifier, run.spec, mesh, stream, 5, 5,
-                                  consts={})
+                                  consts=NO_CONSTS)
   batched = evaluation.evaluate(none, {}, dev, run.classifier, run.spec, mesh, stream, 5, 2,
-                                consts={})
+                                consts=NO_CONSTS)
   np.testing.assert_array_equal(one_batch, batched)
   assert one_batch.shape == (5,)
 
@@ -94,5 +96,5 @@ def test_eval_fn_compiles_once_per_method(eval_setup):
   fn = evaluation.make_eval_fn(none, run.classifier, run.spec, mesh)
   stream = evaluation.eval_stream(0, 'test')
   evaluation.evaluate(none, {}, dev, run.classifier, run.spec, mesh, stream, 6, 2, eval_fn=fn,
-                      consts={})
+                      consts=NO_CONSTS)
   assert fn._cache_size() == 1

@@ -137,7 +137,8 @@ def test_weights_are_an_argument_of_the_compiled_step_not_a_constant(tiny_config
   state = run.init_state(mesh)
   before = jax.tree.map(np.asarray, state.params)
   state, m1 = step(state, split, consts)
-  other = jax.tree.map(lambda c: c * 1.5, run.classifier_consts)
+  other = {'classifier': jax.tree.map(lambda c: c * 1.5, run.classifier_consts),
+           'augmenter': {}}
   state2 = run.init_state(mesh)
   state2, m2 = step(state2, split, jax.device_put(other, sharding.replicated(mesh)))
   assert step._cache_size() == 1

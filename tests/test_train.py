@@ -175,8 +175,8 @@ def test_cli_reports_one_clear_error(tmp_path):
                  '--config.augmenter.name=stylegan')
   assert out.returncode == 1
   assert out.stderr.strip().splitlines()[-1] == (
-      "error: augmenter.name='stylegan' is unknown; choose one of ['convnet', 'duplicate', "
-      "'fixed', 'none', 'random_convnet', 'resnet50'].")
+      "error: augmenter.name='stylegan' is unknown; choose one of ['convnet', 'diffusion', "
+      "'duplicate', 'fixed', 'none', 'random_convnet', 'resnet50'].")
   assert 'Traceback' not in out.stderr
 
 

@@ -23,10 +23,18 @@ class Augmenter(abc.ABC):
   """Base class; subclasses are frozen dataclasses (hashable, static under jit).
 
   Subclasses define `factor`, `frozen` and `synthesize`, and `init` if they
-  have parameters.
+  have parameters; `constants` if they use frozen weights that are passed to
+  compiled code as an argument rather than trained (Stable Diffusion).
   """
   factor: int
   frozen: bool
+  # S'[i] is made from S[i % n] (False: the diffusion augmenter, per class).
+  paired = True
+
+  def constants(self, seed: int) -> Params:
+    """Frozen host arrays the augmenter reads (`consts` of `augment`); {} if none."""
+    del seed
+    return {}
 
   def init(self, key: jax.Array, image_shape: tuple[int, int, int]) -> Params:
     """Parameters for images of `image_shape` (H, W, 3); {} if parameter-free."""
@@ -38,7 +46,7 @@ class Augmenter(abc.ABC):
     """images [n, H, W, 3] in [0, 1] -> synthetic [factor, n, H, W, 3] in [0, 1]."""
 
   def augment(self, params: Params, images: jax.Array, labels: jax.Array,
-              key: jax.Array) -> tuple[jax.Array, jax.Array]:
+              key: jax.Array, consts: Params = None) -> tuple[jax.Array, jax.Array]:
     """Synthetic set S' for support set S.
 
     Args:
@@ -46,11 +54,13 @@ class Augmenter(abc.ABC):
       images: [n, H, W, 3] float32 in [0, 1].
       labels: [n] int32.
       key: PRNG key (noise, random transformations).
+      consts: `constants(seed)` placed on the devices (unused here).
 
     Returns:
       images [m, H, W, 3] in [0, 1] and labels [m], with m = factor * n
       (m = 0 for the no-augmentation baseline).
     """
+    del consts
     synthetic = self.synthesize(params, images, key)
     f = synthetic.shape[0]
     return synthetic.reshape(f * images.shape[0], *images.shape[1:]), jnp.tile(labels, f)

@@ -27,8 +27,8 @@ class NoAugmentation(Augmenter):
     del params, key
     return images[None, :0]  # [1, 0, H, W, 3]
 
-  def augment(self, params, images, labels, key):
-    del params, key
+  def augment(self, params, images, labels, key, consts=None):
+    del params, key, consts
     return images[:0], labels[:0]
 
 
