@@ -64,6 +64,15 @@ def test_sampler_equals_the_stock_diffusers_pipeline(sd_dir):
                height=16, width=16, guidance_scale=jnp.asarray(2.0), latents=latents).images
   np.testing.assert_allclose(np.asarray(ours), np.asarray(stock).reshape(ours.shape), atol=2e-5)
   assert float(np.asarray(ours).std()) > 0.01  # not a constant image
+  # diffusers' chunked attention (augmenter.efficient_attention) gives the same UNet.
+  chunked, chunked_weights = stable_diffusion.load(str(sd_dir), jnp.float32,
+                                                   efficient_attention=True)
+  assert chunked.unet.use_memory_efficient_attention
+  np.testing.assert_allclose(
+      stable_diffusion.predict_noise(chunked, chunked_weights['unet'], latents, jnp.asarray(501),
+                                     context[1:]),
+      stable_diffusion.predict_noise(aug.sd, consts['unet'], latents, jnp.asarray(501),
+                                     context[1:]), atol=1e-5)
   # Soft tokens around a base prompt: "ab" prepended to "xy" is the hard prompt "abxy".
   # (The character-level tokenizer marks word ends: 'ab' is a, b</w>.)
   for mode, hard_words in (('prepend', 'ab xy'), ('append', 'xy ab')):
