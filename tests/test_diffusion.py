@@ -8,6 +8,7 @@ truncated backpropagation change memory, not values; the frozen weights are
 an argument that never changes; every bad input is refused with its fix.
 """
 
+import json
 import os
 from functools import partial
 
@@ -328,4 +329,10 @@ def test_main_entry_point_trains_and_reports_with_diffusion(sd_dir, tmp_path):
            if 'train/meta_loss' in line]
   assert len(steps) == 2
   assert 'val/learned_acc' in (tmp_path / 'run' / 'metrics.jsonl').read_text()  # validated
+  # The checkpoint (prompt network only) restores for evaluation: the same numbers.
+  out = _run_cli('evaluate', f'--workdir={tmp_path / "run"}', '--checkpoint=best', cwd=tmp_path)
+  assert out.returncode == 0, out.stderr[-3000:]
+  first, again = (json.loads((tmp_path / 'run' / d / 'results.json').read_text())
+                  for d in ('.', 'eval_best'))
+  assert again['per_task_accuracy'] == first['per_task_accuracy']
 
