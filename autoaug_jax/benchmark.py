@@ -231,8 +231,8 @@ def abstract_memory(config, num_train_classes: int = 64) -> dict:
     raise ConfigError('--abstract uses ViT-B/32 shapes; leave augmenter.prompt_net.weights empty.')
   validate_diffusion(a, check_dirs=False)
   mesh = sharding.mesh_from_config(config)
-  dtype = {'bfloat16': jnp.bfloat16, 'float32': jnp.float32, 'float64': jnp.float64}[a.sd_dtype]
-  sd, weights = stable_diffusion.sd15_abstract(dtype, efficient_attention=a.efficient_attention)
+  sd, weights = stable_diffusion.sd15_abstract(stable_diffusion.DTYPES[a.sd_dtype],
+                                               efficient_attention=a.efficient_attention)
   augmenter = diffusion.from_models(a, config.task.n_way, sd, weights)
   spec = outer_step.TaskSpec.from_config(config)
   params = jax.eval_shape(lambda: outer_step.init_params(augmenter, spec, config.seed))

@@ -147,6 +147,16 @@ def load(weights_dir: str, *, seed: int = 0, config_overrides: dict | None = Non
   return loaded
 
 
+def require_torch(folder: str) -> None:
+  """WeightsError unless torch is installed (to convert `folder`'s PyTorch weights)."""
+  try:
+    import torch  # noqa: F401
+  except ImportError as e:
+    raise WeightsError(
+        f'{folder} holds only PyTorch weights; converting them needs torch. Install it '
+        "(`pip install -e '.[torch]'`), or save Flax weights there with save_pretrained.") from e
+
+
 def _load(weights_dir: str, seed: int, config_overrides: dict | None) -> Pretrained:
   from transformers import FlaxResNetModel, ResNetConfig
 
@@ -160,12 +170,7 @@ def _load(weights_dir: str, seed: int, config_overrides: dict | None) -> Pretrai
   if 'flax_model.msgpack' in files:
     model = FlaxResNetModel.from_pretrained(path, local_files_only=True)
   elif files & {'pytorch_model.bin', 'model.safetensors'}:
-    try:
-      import torch  # noqa: F401
-    except ImportError as e:
-      raise WeightsError(
-          f'{path} holds only PyTorch weights; converting them needs torch. Install it '
-          "(`pip install -e '.[torch]'`), or save Flax weights there with save_pretrained.") from e
+    require_torch(path)
     model = FlaxResNetModel.from_pretrained(path, from_pt=True, local_files_only=True)
   else:
     raise WeightsError(f'{path} holds no weights (flax_model.msgpack, model.safetensors or '

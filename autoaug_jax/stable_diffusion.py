@@ -27,10 +27,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from autoaug_jax.resnet import WeightsError
+from autoaug_jax.resnet import WeightsError, require_torch
 
 Params = Any
 SUBFOLDERS = ('unet', 'vae', 'text_encoder', 'tokenizer', 'scheduler')
+# augmenter.sd_dtype -> dtype of the frozen weights and activations.
+DTYPES = {'bfloat16': jnp.bfloat16, 'float32': jnp.float32, 'float64': jnp.float64}
 
 # SD-1.5's published component configs (runwayml/stable-diffusion-v1-5), used
 # only by `sd15_abstract`.
@@ -92,7 +94,8 @@ class StableDiffusion:
     return list(self.tokenizer(text, add_special_tokens=False).input_ids)
 
 
-def _quiet() -> None:
+def quiet() -> None:
+  """Silences diffusers'/transformers' per-module deprecation lines; never the network."""
   os.environ.setdefault('DIFFUSERS_VERBOSITY', 'error')
   os.environ.setdefault('TRANSFORMERS_VERBOSITY', 'error')
   os.environ.setdefault('HF_HUB_OFFLINE', '1')
@@ -104,7 +107,7 @@ def _diffusers_from_pt(folder: str) -> bool:
   if 'diffusion_flax_model.msgpack' in files:
     return False
   if 'diffusion_pytorch_model.bin' in files:
-    _require_torch(folder)
+    require_torch(folder)
     return True
   if 'diffusion_pytorch_model.safetensors' in files:
     raise WeightsError(
@@ -113,15 +116,6 @@ def _diffusers_from_pt(folder: str) -> bool:
         '(FlaxStableDiffusionPipeline.save_pretrained), or add the .bin file.')
   raise WeightsError(f'{folder} holds no weights (diffusion_flax_model.msgpack or '
                      f'diffusion_pytorch_model.bin); found {sorted(files)}.')
-
-
-def _require_torch(folder: str) -> None:
-  try:
-    import torch  # noqa: F401
-  except ImportError as e:
-    raise WeightsError(
-        f'{folder} holds only PyTorch weights; converting them needs torch. Install it '
-        "(`pip install -e '.[torch]'`), or save Flax weights there with save_pretrained.") from e
 
 
 def load_transformers(cls, folder: str, **kwargs) -> tuple[Any, Params]:
@@ -139,7 +133,7 @@ def load_transformers(cls, folder: str, **kwargs) -> tuple[Any, Params]:
       return cls.from_pretrained(folder, local_files_only=True, _do_init=False, **kwargs)
     if 'model.safetensors' in files or 'pytorch_model.bin' in files:
       if 'model.safetensors' not in files:
-        _require_torch(folder)
+        require_torch(folder)
       model = cls.from_pretrained(folder, local_files_only=True,
                                   from_pt='model.safetensors' not in files, **kwargs)
       return model, model.params
@@ -169,10 +163,11 @@ def _float():
 
 
 def _cast(tree: Params, dtype) -> Params:
-  # diffusers' to_bf16 calls jax.tree_map, which jax removed.
+  # diffusers' to_bf16 calls jax.tree_map, which jax removed. Numpy, so the
+  # weights stay on the host until the run places them (once, replicated).
   def cast(x):
-    x = jnp.asarray(x)
-    return x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+    x = np.asarray(x)
+    return x.astype(dtype) if np.issubdtype(x.dtype, np.floating) else x
   return jax.tree.map(cast, dict(tree))
 
 
@@ -198,8 +193,8 @@ def _scheduler(config: dict) -> tuple[dict, np.ndarray, float]:
 def load(sd_dir: str, dtype=jnp.bfloat16, *, efficient_attention: bool = False
          ) -> tuple[StableDiffusion, Params]:
   """Loads an SD-1.x pipeline directory; returns the modules and
-  `{'unet', 'vae', 'text_encoder'}` parameters cast to `dtype`."""
-  _quiet()
+  `{'unet', 'vae', 'text_encoder'}` parameters cast to `dtype` (host arrays)."""
+  quiet()
   from diffusers import FlaxAutoencoderKL, FlaxUNet2DConditionModel
   from transformers import CLIPTokenizer, FlaxCLIPTextModel
 
@@ -246,7 +241,7 @@ def sd15_abstract(dtype=jnp.bfloat16, *, efficient_attention: bool = False
   For compiling the full-size program (XLA's memory analysis) on a machine
   without the checkpoint; nothing can be run with it.
   """
-  _quiet()
+  quiet()
   from diffusers import FlaxAutoencoderKL, FlaxUNet2DConditionModel
   from transformers import CLIPTextConfig
   from transformers.models.clip.modeling_flax_clip import FlaxCLIPTextModule

@@ -11,7 +11,6 @@ from autoaug_jax.augmenters.base import Augmenter, Params
 from autoaug_jax.augmenters.baselines import Duplicate, FixedAugmentation, NoAugmentation
 from autoaug_jax.augmenters.convnet import ConvNetAugmenter
 from autoaug_jax.augmenters.resnet import ResNetAugmenter
-from autoaug_jax.config_schema import ConfigError
 
 
 def _none(c, n_way) -> Augmenter:
@@ -66,8 +65,6 @@ def make_augmenter(augmenter_config, name: str | None = None, *, n_way: int = 0)
   name = name or augmenter_config.name
   if name not in AUGMENTERS:
     raise ValueError(f'augmenter.name={name!r} is unknown; choose one of {sorted(AUGMENTERS)}.')
-  if name == 'diffusion' and n_way < 2:
-    raise ConfigError(f'augmenter.name=diffusion generates per class: pass n_way (got {n_way}).')
   return AUGMENTERS[name](augmenter_config, n_way)
 
 

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 
 from autoaug_jax import stable_diffusion as sdlib
 from autoaug_jax.augmenters.base import Augmenter, Params
+from autoaug_jax.augmenters.prompt_nets import make_prompt_net
 from autoaug_jax.config_schema import ConfigError
 
 PROMPT_MODES = ('replace', 'prepend', 'append')
@@ -226,18 +227,15 @@ def _max_steps(total: int, offset: int) -> int:
 
 def build(c, n_way: int) -> DiffusionAugmenter:
   """The diffusion augmenter from `config.augmenter` (loads SD from `c.sd_dir`)."""
-  from autoaug_jax.augmenters.prompt_nets import make_prompt_net
-
-  dtype = {'bfloat16': jnp.bfloat16, 'float32': jnp.float32, 'float64': jnp.float64}[c.sd_dtype]
-  sd, weights = sdlib.load(c.sd_dir, dtype, efficient_attention=c.efficient_attention)
-  return from_models(c, n_way, sd, weights, make_prompt_net)
+  sd, weights = sdlib.load(c.sd_dir, sdlib.DTYPES[c.sd_dtype],
+                           efficient_attention=c.efficient_attention)
+  return from_models(c, n_way, sd, weights)
 
 
-def from_models(c, n_way: int, sd: sdlib.StableDiffusion, weights: Params,
-                make_prompt_net=None) -> DiffusionAugmenter:
+def from_models(c, n_way: int, sd: sdlib.StableDiffusion, weights: Params) -> DiffusionAugmenter:
   """The augmenter around given modules and weights (also abstract ones, for compiling)."""
-  if make_prompt_net is None:
-    from autoaug_jax.augmenters.prompt_nets import make_prompt_net
+  if n_way < 2:
+    raise ConfigError(f'augmenter.name=diffusion generates per class: pass n_way (got {n_way}).')
   p = c.prompt_net
   prompt_net = make_prompt_net(p.name, c.num_prompt_tokens, sd.text_width, weights=p.weights,
                                channels=p.channels)

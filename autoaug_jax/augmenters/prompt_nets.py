@@ -29,6 +29,7 @@ import jax.numpy as jnp
 
 from autoaug_jax.layers import Conv3x3, max_pool_2x2
 from autoaug_jax.resnet import WeightsError
+from autoaug_jax.stable_diffusion import load_transformers, quiet
 
 Params = Any
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -105,15 +106,14 @@ class ClipVitPromptNet:
   num_tokens: int
   width: int
   weights: str = ''
-  config_overrides: tuple = ()  # (key, value) pairs for a random init (tests)
 
   @functools.cached_property
   def vision_config(self):
-    _quiet()
+    quiet()
     from transformers import CLIPVisionConfig
     if self.weights:
       return CLIPVisionConfig.from_pretrained(self._path(), local_files_only=True)
-    return CLIPVisionConfig(**{**VIT_B32, **dict(self.config_overrides)})
+    return CLIPVisionConfig(**VIT_B32)
 
   def _path(self) -> str:
     path = os.path.abspath(os.path.expanduser(self.weights))
@@ -131,11 +131,10 @@ class ClipVitPromptNet:
 
   def init(self, key: jax.Array, image_shape: tuple[int, int, int]) -> Params:
     del image_shape  # images are resized to the ViT's own size
-    _quiet()
+    quiet()
     from transformers import FlaxCLIPVisionModel
     vit_key, proj_key = jax.random.split(key)
     if self.weights:
-      from autoaug_jax.stable_diffusion import load_transformers
       _, vit = load_transformers(FlaxCLIPVisionModel, self._path())
     else:
       # Jitted: flax's eager init compiles every op on its own.
@@ -161,11 +160,6 @@ class ClipVitPromptNet:
 
   def describe(self) -> str:
     return f'clip_vit prompt net ({self.weights or "random ViT-B/32"})'
-
-
-def _quiet() -> None:
-  os.environ.setdefault('TRANSFORMERS_VERBOSITY', 'error')
-  os.environ.setdefault('HF_HUB_OFFLINE', '1')
 
 
 def make_prompt_net(name: str, num_tokens: int, width: int, *, weights: str = '',
