@@ -15,8 +15,12 @@ import os
 import ml_collections
 
 # Methods the paired evaluation can run. `learned` is the meta-trained
-# augmenter of this run; the others are the paper's baselines (Section 4.1).
-EVAL_METHODS = ('none', 'duplicate', 'fixed', 'random_convnet', 'learned')
+# augmenter of this run; `adapted` is it fine-tuned on each test task's own
+# support set first (test-time adaptation, the paper's Section 5.5); the others
+# are the paper's baselines (Section 4.1).
+EVAL_METHODS = ('none', 'duplicate', 'fixed', 'random_convnet', 'learned', 'adapted')
+# What a config evaluates unless eval.methods says otherwise.
+DEFAULT_EVAL_METHODS = ('none', 'duplicate', 'fixed', 'random_convnet', 'learned')
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -149,7 +153,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.task_seed = 2024
   # Tasks per compiled evaluation batch (vmapped, sharded over the mesh).
   c.eval.batch_size = 20
-  c.eval.methods = EVAL_METHODS
+  c.eval.methods = DEFAULT_EVAL_METHODS
+  # Test-time adaptation (method 'adapted'): optimiser steps on the learned
+  # augmenter per test task, each one meta-gradient of a pseudo-task cut from
+  # the task's support set (ceil(K/2) shots per class as pseudo-support, the
+  # rest as pseudo-query), with outer.optimizer and outer.grad_clip.
+  c.eval.adapt_steps = 3
+  c.eval.adapt_lr = 1e-3
   # Meta-validation for checkpoint selection; 0 disables it.
   c.eval.val_every = 50
   c.eval.val_tasks = 40
@@ -215,7 +225,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
              f'{key}={value!r} must be a positive integer.')
 
   for key in ('task.n_way', 'task.k_shot', 'task.q_query', 'inner.steps',
-              'meta_batch_size', 'augmenter.factor', 'eval.num_tasks',
+              'meta_batch_size', 'augmenter.factor', 'eval.num_tasks', 'eval.adapt_steps',
               'eval.batch_size', 'log_every', 'checkpoint_every',
               'keep_checkpoints'):
     positive(key, _get(config, key))
@@ -228,6 +238,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
            '(the augmenter halves and doubles it; the classifier pools three times).')
   _require(config.inner.lr > 0, f'inner.lr={config.inner.lr} must be positive.')
   _require(config.outer.lr > 0, f'outer.lr={config.outer.lr} must be positive.')
+  _require(config.eval.adapt_lr > 0, f'eval.adapt_lr={config.eval.adapt_lr} must be positive.')
   for key in ('augmenter.weights', 'classifier.weights'):
     weights = _get(config, key)
     _require(not weights or os.path.isdir(os.path.expanduser(weights)),

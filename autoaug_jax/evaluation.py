@@ -84,7 +84,7 @@ class MethodSummary:
   significant: bool        # the delta interval excludes zero
 
 
-def _t_half_width(values: np.ndarray) -> float:
+def t_half_width(values: np.ndarray) -> float:
   n = values.size
   if n < 2:
     return float('nan')
@@ -108,11 +108,11 @@ def summarize(accuracies: Mapping[str, np.ndarray], baseline: str = 'none') -> l
       raise ValueError(f'{method}: {acc.shape} accuracies vs {base.shape} for {baseline}; '
                        'paired deltas need the same tasks.')
     diff = acc - base
-    half = _t_half_width(diff) if method != baseline else 0.0
+    half = t_half_width(diff) if method != baseline else 0.0
     delta = float(diff.mean())
     rows.append(MethodSummary(
         method=method, num_tasks=acc.size, mean_acc=float(acc.mean()),
-        acc_ci=_t_half_width(acc), delta=delta, delta_lo=delta - half, delta_hi=delta + half,
+        acc_ci=t_half_width(acc), delta=delta, delta_lo=delta - half, delta_hi=delta + half,
         significant=bool(method != baseline and (delta - half > 0 or delta + half < 0))))
   return rows
 
@@ -133,6 +133,12 @@ def example_augmentations(augmenter: Augmenter, params: Params, split: DeviceSpl
   run = _example_fn(augmenter, spec, index)
   originals, synthetic = jax.device_get(run(params, split, stream_key, consts or {}))
   return np.asarray(originals), np.asarray(synthetic)
+
+
+def clear_caches() -> None:
+  """Drops the cached example-grid programs and the augmenters they hold (between
+  runs of one process: a diffusion augmenter keeps its host weights alive)."""
+  _example_fn.cache_clear()
 
 
 @functools.lru_cache(maxsize=8)

@@ -83,35 +83,48 @@ def task_outcome(aug_params: Params, split: DeviceSplit, keys: dict[str, jax.Arr
   """
   task = sample_task(split, keys['sample'], n_way=spec.n_way, k_shot=spec.k_shot,
                      q_query=spec.q_query, spurious=spec.spurious)
+  return support_query_outcome(aug_params, task.support_images, task.support_labels,
+                               task.query_images, task.query_labels, keys, augmenter=augmenter,
+                               classifier=classifier, spec=spec, consts=consts)
+
+
+def support_query_outcome(aug_params: Params, support_images: jax.Array,
+                          support_labels: jax.Array, query_images: jax.Array,
+                          query_labels: jax.Array, keys: dict[str, jax.Array], *,
+                          augmenter: Augmenter, classifier: Classifier, spec: TaskSpec,
+                          consts: Params) -> tuple[jax.Array, dict]:
+  """Algorithm 1 on a given support set [n, H, W, 3] / [n] and query set [q, H, W, 3] / [q].
+
+  Uses keys['augment'] and keys['init']; also the pseudo-task objective of
+  test-time adaptation (`adaptation.py`), whose support and query sets are
+  both cut from a test task's support set.
+  """
   synthetic, synthetic_labels = augmenter.augment(
-      aug_params, task.support_images, task.support_labels, keys['augment'],
-      consts['augmenter'])
+      aug_params, support_images, support_labels, keys['augment'], consts['augmenter'])
   clf_consts = consts['classifier']
   # The classifier's fixed part runs once per task, outside the inner scan. S and
   # Q go through it together; S' separately, so that the backward pass through
   # it (the meta-gradient's way to the augmenter) covers S' only.
-  n_support = task.support_images.shape[0]
-  data_features = classifier.embed(clf_consts, jnp.concatenate([task.support_images,
-                                                                task.query_images]))
+  n_support = support_images.shape[0]
+  data_features = classifier.embed(clf_consts, jnp.concatenate([support_images, query_images]))
   features = data_features[:n_support]
   if synthetic.shape[0]:
     features = jnp.concatenate([features, classifier.embed(clf_consts, synthetic)])
-  labels = jnp.concatenate([task.support_labels, synthetic_labels])
+  labels = jnp.concatenate([support_labels, synthetic_labels])
   params0 = classifier.init(keys['init'], spec.image_shape, clf_consts)
   params, inner_losses = train_classifier(
       classifier, params0, features, labels,
       steps=spec.inner_steps, lr=spec.inner_lr, remat=spec.remat, unroll=spec.unroll)
   logits = classifier.logits(params, data_features[n_support:])
-  loss = cross_entropy(logits, task.query_labels)
+  loss = cross_entropy(logits, query_labels)
   metrics = {
       'query_loss': loss,
-      'query_acc': accuracy(logits, task.query_labels),
+      'query_acc': accuracy(logits, query_labels),
       'inner_loss_first': inner_losses[0],
       'inner_loss_last': inner_losses[-1],
   }
   if synthetic.shape[0] and augmenter.paired:
-    originals = jnp.tile(task.support_images, (synthetic.shape[0] // task.support_images.shape[0],
-                                               1, 1, 1))
+    originals = jnp.tile(support_images, (synthetic.shape[0] // n_support, 1, 1, 1))
     metrics['synthetic_l1'] = jnp.abs(synthetic - originals).mean()
   return loss, metrics
 

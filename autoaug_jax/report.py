@@ -104,13 +104,31 @@ def save_grid_figure(examples: Mapping[str, tuple[np.ndarray, np.ndarray]], path
   plt.close(fig)
 
 
+def save_examples(examples: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str) -> None:
+  """The grid's images as uint8 arrays ('METHOD/originals', 'METHOD/synthetic'), so
+  that sweep aggregates can lay out one grid across runs (`load_examples`)."""
+  arrays = {f'{m}/{part}': (np.clip(x, 0, 1) * 255 + 0.5).astype(np.uint8)
+            for m, pair in examples.items()
+            for part, x in zip(('originals', 'synthetic'), pair, strict=True)}
+  np.savez_compressed(path, **arrays)
+
+
+def load_examples(path: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  """Inverse of `save_examples`: method -> (originals, synthetic), floats in [0, 1]."""
+  with np.load(path) as f:
+    methods = dict.fromkeys(k.split('/')[0] for k in f.files)
+    return {m: (f[f'{m}/originals'] / 255.0, f[f'{m}/synthetic'] / 255.0) for m in methods}
+
+
 def write_report(out_dir: str, rows: Sequence[MethodSummary],
                  accuracies: Mapping[str, np.ndarray], examples, *, header: Mapping[str, str],
                  config_json: str) -> dict[str, str]:
-  """Writes report.md, deltas.png, augmentations.png and results.json; returns their paths."""
+  """Writes report.md, deltas.png, augmentations.png, results.json and examples.npz;
+  returns their paths."""
   os.makedirs(out_dir, exist_ok=True)
   paths = {name: os.path.join(out_dir, name)
-           for name in ('report.md', 'deltas.png', 'augmentations.png', 'results.json')}
+           for name in ('report.md', 'deltas.png', 'augmentations.png', 'results.json',
+                        'examples.npz')}
   n = rows[0].num_tasks if rows else 0
   plot_deltas(rows, paths['deltas.png'], f'{header.get("task", "")}, {n} paired test tasks')
   save_grid_figure(examples, paths['augmentations.png'])
@@ -132,6 +150,7 @@ def write_report(out_dir: str, rows: Sequence[MethodSummary],
   ]
   with open(paths['report.md'], 'w') as f:
     f.write('\n'.join(lines))
+  save_examples(examples, paths['examples.npz'])
   with open(paths['results.json'], 'w') as f:
     json.dump({'header': dict(header),
                'summary': [dataclasses.asdict(r) for r in rows],

@@ -15,6 +15,7 @@ checkpoint, else a fresh init.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -25,7 +26,7 @@ import jax
 import ml_collections
 from absl import logging
 
-from autoaug_jax import data, evaluation, outer_step, report, sharding, tasks
+from autoaug_jax import adaptation, data, evaluation, outer_step, report, sharding, tasks
 from autoaug_jax.augmenters import Augmenter, make_augmenter
 from autoaug_jax.checkpointing import CheckpointError, Checkpoints
 from autoaug_jax.config_schema import ConfigError, base_config, validate
@@ -68,6 +69,26 @@ def _flatten(d: dict, prefix: str = '') -> dict[str, Any]:
   return out
 
 
+def check_workdir_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError if `workdir` holds a run of a config that differs in a key
+  that is not in RESUMABLE_KEYS (nothing is written)."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    old = json.load(f)
+  # Keys added to the schema after the run started count as their defaults.
+  defaults = _flatten(json.loads(base_config().to_json()))
+  old_flat, new_flat = {**defaults, **_flatten(old)}, _flatten(json.loads(config.to_json()))
+  changed = sorted(k for k in old_flat.keys() | new_flat.keys()
+                   if old_flat.get(k) != new_flat.get(k) and not k.startswith(RESUMABLE_KEYS))
+  if changed:
+    detail = ', '.join(f'{k}: {old_flat.get(k)!r} -> {new_flat.get(k)!r}' for k in changed[:6])
+    raise ConfigError(
+        f'{workdir} holds a run with a different config ({detail}). Resume it with the '
+        f'same values, or use a new --workdir.')
+
+
 def prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
   """Creates the workdir, refuses one holding a run of a different config, writes config.json."""
   try:
@@ -79,25 +100,11 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
   except OSError as e:
     raise WorkdirError(f'Cannot write to --workdir={workdir} ({e.strerror or e}); '
                        'choose a directory you can write to.') from e
+  check_workdir_config(workdir, config)
   path = os.path.join(workdir, 'config.json')
-  new = json.loads(config.to_json())
-  if os.path.exists(path):
-    with open(path) as f:
-      old = json.load(f)
-    # Keys added to the schema after the run started count as their defaults.
-    defaults = _flatten(json.loads(base_config().to_json()))
-    old_flat, new_flat = {**defaults, **_flatten(old)}, _flatten(new)
-    changed = sorted(k for k in old_flat.keys() | new_flat.keys()
-                     if old_flat.get(k) != new_flat.get(k)
-                     and not k.startswith(RESUMABLE_KEYS))
-    if changed:
-      detail = ', '.join(f'{k}: {old_flat.get(k)!r} -> {new_flat.get(k)!r}' for k in changed[:6])
-      raise ConfigError(
-          f'{workdir} holds a run with a different config ({detail}). Resume it with the '
-          f'same values, or use a new --workdir.')
   tmp = path + '.tmp'
   with open(tmp, 'w') as f:
-    json.dump(new, f, indent=2)
+    json.dump(json.loads(config.to_json()), f, indent=2)
   os.replace(tmp, path)
 
 
@@ -126,26 +133,32 @@ def to_device(splits: dict[str, data.FewShotSplit], mesh) -> dict[str, tasks.Dev
   return {name: tasks.to_device(split, rep) for name, split in splits.items()}
 
 
-def eval_methods(config, augmenter: Augmenter, params) -> dict[str, tuple[Augmenter, Any]]:
+def eval_methods(config, run: outer_step.MetaSetup, params) -> dict[str, tuple[Augmenter, Any]]:
   """The augmenters compared in the paired evaluation, 'none' first.
 
   'random_convnet' uses the learned ConvNet's initial parameters, so
   learned-vs-random isolates what meta-training changed. If this run's
-  augmenter has nothing to learn, 'learned' is replaced by the augmenter itself.
+  augmenter has nothing to learn, 'learned' is replaced by the augmenter itself
+  and 'adapted' (test-time adaptation of the learned one) is left out.
   """
-  spec = outer_step.TaskSpec.from_config(config)
+  augmenter = run.augmenter
   methods = {}
   for name in ('none', *config.eval.methods):
     if name in methods:
       continue
-    if name == 'learned':
-      if augmenter.has_trainable_params(params):
-        methods['learned'] = (augmenter, params)
-      else:
-        methods.setdefault(config.augmenter.name, (augmenter, params))
+    if name in ('learned', 'adapted') and not augmenter.has_trainable_params(params):
+      if name == 'adapted':
+        logging.info("eval: 'adapted' skipped, %r has nothing to adapt.", config.augmenter.name)
+      methods.setdefault(config.augmenter.name, (augmenter, params))
       continue
-    aug = make_augmenter(config.augmenter, name, n_way=config.task.n_way)
-    methods[name] = (aug, outer_step.init_params(aug, spec, config.seed))
+    if name == 'learned':
+      methods['learned'] = (augmenter, params)
+    elif name == 'adapted':
+      methods['adapted'] = (adaptation.from_config(config, augmenter, run.classifier, run.spec),
+                            params)
+    else:
+      aug = make_augmenter(config.augmenter, name, n_way=config.task.n_way)
+      methods[name] = (aug, outer_step.init_params(aug, run.spec, config.seed))
   return methods
 
 
@@ -168,13 +181,20 @@ def run_evaluation(config, params, run: outer_step.MetaSetup, out_dir: str, *,
   classifier, spec = run.classifier, run.spec
   stream = evaluation.eval_stream(config.eval.task_seed, 'test')
   accuracies, examples = {}, {}
-  for name, (aug, p) in eval_methods(config, run.augmenter, params).items():
+  for name, (aug, p) in eval_methods(config, run, params).items():
     start = time.perf_counter()
     # Baselines get no augmenter weights (the run's, e.g. Stable Diffusion's, are its own).
-    method_consts = {**consts, 'augmenter': consts['augmenter'] if aug is run.augmenter else {}}
-    accuracies[name] = evaluation.evaluate(aug, p, test_split, classifier, spec, mesh, stream,
-                                           config.eval.num_tasks, config.eval.batch_size,
-                                           consts=method_consts)
+    method_spec = spec
+    if isinstance(aug, adaptation.TestTimeAdapted):
+      method_consts = adaptation.method_constants(consts)
+      # A meta-gradient per test task: one task at a time per device, so that the
+      # evaluation needs no more memory than a training step.
+      method_spec = dataclasses.replace(spec, task_chunk=1)
+    else:
+      method_consts = {**consts, 'augmenter': consts['augmenter'] if aug is run.augmenter else {}}
+    accuracies[name] = evaluation.evaluate(aug, p, test_split, classifier, method_spec, mesh,
+                                           stream, config.eval.num_tasks,
+                                           config.eval.batch_size, consts=method_consts)
     examples[name] = evaluation.example_augmentations(aug, p, test_split, spec, stream,
                                                       consts=method_consts['augmenter'])
     logging.info('eval %-15s accuracy %.4f (%d tasks, %.1fs)', name, accuracies[name].mean(),
@@ -194,6 +214,10 @@ def run_evaluation(config, params, run: outer_step.MetaSetup, out_dir: str, *,
       'classifier': classifier.describe(),
       'checkpoint': checkpoint_label,
       'test tasks': f'{config.eval.num_tasks} (task seed {config.eval.task_seed})',
+      **({'test-time adaptation': (
+          f'adapted = learned + {config.eval.adapt_steps} {config.outer.optimizer} steps (lr '
+          f'{config.eval.adapt_lr}) per test task on a pseudo-task cut from its support set')}
+         if 'adapted' in accuracies else {}),
       'devices': _device_summary(mesh),
   }
   report.write_report(out_dir, rows, accuracies, examples, header=header,

@@ -1,0 +1,203 @@
+"""Sweep aggregate: paired deltas pooled over seeds, the spread across seeds, figures.
+
+Last stage of a sweep (runs -> evaluation reports -> this). Each finished run
+leaves `results.json` with the per-task accuracies of every method on the
+same test tasks (fixed task seed, independent of the run seed), so for
+member m, method a and seed s the per-task deltas d_s[t] = acc_a,s[t] -
+acc_none,s[t] are paired. Two things are reported, separately:
+
+- **Task uncertainty**: the deltas averaged over seeds per task, d[t] =
+  mean_s d_s[t], and a 95% t-interval of their mean over the T tasks. It
+  says whether the method, averaged over augmenter trainings, beats no
+  augmentation on this task distribution.
+- **Training spread**: the mean delta of each seed, and their standard
+  deviation: how much another augmenter-training seed moves the result.
+  The paper reported neither.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from autoaug_jax import report
+from autoaug_jax.evaluation import t_half_width
+
+plt = report.plt  # report.py selects the file-only backend
+
+
+@dataclasses.dataclass(frozen=True)
+class AggregateRow:
+  member: str
+  x: str
+  panel: str
+  method: str
+  seeds: int
+  num_tasks: int
+  mean_acc: float          # over tasks and seeds
+  delta: float             # mean paired delta vs 'none'
+  delta_lo: float          # 95% t-interval over tasks of the seed-averaged deltas
+  delta_hi: float
+  significant: bool        # that interval excludes zero
+  seed_deltas: tuple[float, ...]  # each seed's mean delta
+  seed_sd: float           # their standard deviation (nan for one seed)
+
+
+def aggregate_member(member: str, x: str, panel: str, results: Sequence[Mapping],
+                     baseline: str = 'none') -> list[AggregateRow]:
+  """Rows for one member from its seeds' results.json contents (method order kept).
+
+  A method missing from some seeds (e.g. 'adapted' for a frozen augmenter) is
+  pooled over the seeds that have it.
+  """
+  if not results:
+    raise ValueError(f'{member}: no results to aggregate.')
+  task_sets = {r.get('header', {}).get('test tasks') for r in results}
+  if len(task_sets) > 1:
+    raise ValueError(f'{member}: seeds were evaluated on different test tasks {task_sets}; '
+                     'paired deltas need the same tasks.')
+  methods = list(dict.fromkeys(m for r in results for m in r['per_task_accuracy']))
+  rows = []
+  for method in methods:
+    per_seed = [(np.asarray(r['per_task_accuracy'][method], np.float64),
+                 np.asarray(r['per_task_accuracy'][baseline], np.float64))
+                for r in results if method in r['per_task_accuracy']]
+    sizes = {a.size for pair in per_seed for a in pair}
+    if len(sizes) != 1:
+      raise ValueError(f'{member}/{method}: seeds were evaluated on different numbers of '
+                       f'tasks {sorted(sizes)}; paired deltas need the same tasks.')
+    deltas = np.stack([a - b for a, b in per_seed])  # [seeds, tasks]
+    task_deltas = deltas.mean(0)
+    half = t_half_width(task_deltas) if method != baseline else 0.0
+    delta = float(task_deltas.mean())
+    seed_deltas = tuple(float(d) for d in deltas.mean(1))
+    rows.append(AggregateRow(
+        member=member, x=x, panel=panel, method=method, seeds=len(per_seed),
+        num_tasks=task_deltas.size,
+        mean_acc=float(np.mean([a.mean() for a, _ in per_seed])),
+        delta=delta, delta_lo=delta - half, delta_hi=delta + half,
+        significant=bool(method != baseline and (delta - half > 0 or delta + half < 0)),
+        seed_deltas=seed_deltas,
+        seed_sd=float(np.std(seed_deltas, ddof=1)) if len(seed_deltas) > 1 else float('nan')))
+  return rows
+
+
+def markdown_table(rows: Sequence[AggregateRow], x_label: str, baseline: str = 'none') -> str:
+  """One line per member and method: accuracy, pooled delta with its interval, seeds."""
+  lines = [f'| {x_label or "member"} | method | accuracy | delta vs {baseline} (95% CI over '
+           'tasks) | excludes 0 | per-seed deltas (sd) |',
+           '|---|---|---|---|---|---|']
+  for r in rows:
+    where = f'{r.panel}, {r.x}' if r.panel else r.x
+    if r.method == baseline:
+      lines.append(f'| {where} | {r.method} | {100 * r.mean_acc:.2f}% | (baseline) |  |  |')
+      continue
+    seeds = ', '.join(f'{100 * d:+.2f}' for d in r.seed_deltas)
+    sd = '' if np.isnan(r.seed_sd) else f' ({100 * r.seed_sd:.2f})'
+    lines.append(
+        f'| {where} | {r.method} | {100 * r.mean_acc:.2f}% | {100 * r.delta:+.2f} pp '
+        f'[{100 * r.delta_lo:+.2f}, {100 * r.delta_hi:+.2f}] | '
+        f'{"yes" if r.significant else "no"} | {seeds}{sd} |')
+  return '\n'.join(lines)
+
+
+def plot_deltas(rows: Sequence[AggregateRow], path: str, title: str, x_label: str,
+                baseline: str = 'none') -> None:
+  """The paper's figure form: delta vs `baseline` per method (colour) and sweep value
+  (x), one panel per `panel`. Bars: 95% intervals over tasks; dots: each seed's mean."""
+  rows = [r for r in rows if r.method != baseline]
+  panels = list(dict.fromkeys(r.panel for r in rows))
+  methods = list(dict.fromkeys(r.method for r in rows))
+  colours = {m: plt.get_cmap('tab10')(i % 10) for i, m in enumerate(methods)}
+  width = 0.8 / max(len(methods), 1)
+  xs_per_panel = [list(dict.fromkeys(r.x for r in rows if r.panel == p)) for p in panels]
+  fig, axes = plt.subplots(1, len(panels), squeeze=False, sharey=True,
+                           figsize=(max(3.0, 0.45 * len(methods) * max(map(len, xs_per_panel)))
+                                    * len(panels) + 1.5, 3.6))
+  for ax, panel, xs in zip(axes[0], panels, xs_per_panel, strict=True):
+    for i, method in enumerate(methods):
+      picked = {r.x: r for r in rows if r.panel == panel and r.method == method}
+      pos = np.array([j + (i - (len(methods) - 1) / 2) * width
+                      for j, x in enumerate(xs) if x in picked])
+      if not pos.size:
+        continue
+      sel = [picked[x] for x in xs if x in picked]
+      delta = np.array([100 * r.delta for r in sel])
+      err = np.array([[100 * (r.delta - r.delta_lo) for r in sel],
+                      [100 * (r.delta_hi - r.delta) for r in sel]])
+      ax.errorbar(pos, delta, yerr=err, fmt='o', color=colours[method], capsize=3,
+                  markersize=5, label=method if ax is axes[0][0] else None)
+      for p, r in zip(pos, sel, strict=True):
+        if len(r.seed_deltas) > 1:
+          ax.scatter(np.full(len(r.seed_deltas), p + width * 0.3),
+                     100 * np.asarray(r.seed_deltas), s=9, marker='x', color=colours[method],
+                     alpha=0.7, linewidths=0.8)
+    ax.axhline(0, color='black', linewidth=0.8)
+    ax.set_xticks(range(len(xs)), xs)
+    ax.set_xlabel(x_label)
+    if panel:
+      ax.set_title(panel, fontsize=9)
+  axes[0][0].set_ylabel(f'accuracy delta vs {baseline} (pp)')
+  fig.suptitle(title, fontsize=9)
+  handles, labels = axes[0][0].get_legend_handles_labels()
+  fig.legend(handles, labels, loc='center right', fontsize=7, frameon=False)
+  fig.tight_layout(rect=(0, 0, 0.86, 1))
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def grid_examples(member_examples: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]],
+                  baseline: str = 'none') -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  """Figure 6 across a sweep: the fixed baselines of the first member, then every
+  member's own augmenters ('learned', 'adapted', a frozen augmenter), each with the
+  originals of that member's task. Input: member -> method -> (originals, synthetic)."""
+  shared = ('duplicate', 'fixed', 'random_convnet')
+  out = {}
+  for i, (member, examples) in enumerate(member_examples.items()):
+    for method, pair in examples.items():
+      if method == baseline or (method in shared and i > 0):
+        continue
+      out[f'{member}: {method}'] = pair
+  return out
+
+
+def write(out_dir: str, rows: Sequence[AggregateRow], member_examples, *, title: str,
+          x_label: str, header: Mapping[str, str]) -> dict[str, str]:
+  """Writes results.md, deltas.png, augmentations.png and aggregate.json; returns paths."""
+  os.makedirs(out_dir, exist_ok=True)
+  paths = {n: os.path.join(out_dir, n)
+           for n in ('results.md', 'deltas.png', 'augmentations.png', 'aggregate.json')}
+  seeds = max((r.seeds for r in rows), default=0)
+  tasks = max((r.num_tasks for r in rows), default=0)
+  plot_deltas(rows, paths['deltas.png'],
+              f'{title}: {tasks} paired test tasks, {seeds} augmenter seed(s); bars 95% '
+              'CI over tasks, x: per-seed means', x_label)
+  grid = grid_examples(member_examples)
+  if grid:
+    report.save_grid_figure(grid, paths['augmentations.png'])
+  crossing = [f'{r.panel + ", " if r.panel else ""}{r.x} {r.method}' for r in rows
+              if r.method != 'none' and not r.significant]
+  lines = [f'# {title}', '']
+  lines += [f'- **{k}**: {v}' for k, v in header.items()]
+  lines += ['', markdown_table(rows, x_label), '',
+            'Deltas are paired per test task (same tasks and classifier initialisations for '
+            'every method), averaged over augmenter-training seeds per task; the interval is '
+            'a 95% t-interval over tasks. The last column is the spread across seeds, which '
+            'the interval does not include.', '',
+            ('Intervals that cross zero: ' + '; '.join(crossing) + '.') if crossing
+            else 'No interval crosses zero.', '',
+            '![accuracy deltas](deltas.png)', '']
+  if grid:
+    lines += ['![augmentations](augmentations.png)', '']
+  with open(paths['results.md'], 'w') as f:
+    f.write('\n'.join(lines))
+  with open(paths['aggregate.json'], 'w') as f:
+    json.dump({'header': dict(header), 'rows': [dataclasses.asdict(r) for r in rows]}, f,
+              indent=1)
+  if not grid:
+    paths.pop('augmentations.png')
+  return paths
