@@ -105,6 +105,37 @@ def markdown_table(rows: Sequence[AggregateRow], x_label: str, baseline: str = '
   return '\n'.join(lines)
 
 
+# Paired contrasts besides "vs none": what meta-training changed (the learned
+# augmenter against its own initialisation, which is `random_convnet` for the
+# ConvNet augmenter) and what test-time adaptation changed.
+CONTRASTS = (('learned', 'random_convnet'), ('adapted', 'learned'))
+
+
+def contrast_rows(member: str, x: str, panel: str, results: Sequence[Mapping]
+                  ) -> list[tuple[str, AggregateRow]]:
+  """(baseline, row of the method against it) for each of CONTRASTS both evaluated."""
+  out = []
+  for method, baseline in CONTRASTS:
+    if all(baseline in r['per_task_accuracy'] for r in results) and any(
+        method in r['per_task_accuracy'] for r in results):
+      rows = aggregate_member(member, x, panel, results, baseline=baseline)
+      out += [(baseline, r) for r in rows if r.method == method]
+  return out
+
+
+def contrast_table(contrasts: Sequence[tuple[str, AggregateRow]], x_label: str) -> str:
+  lines = [f'| {x_label or "member"} | contrast | delta (95% CI over tasks) | excludes 0 | '
+           'per-seed deltas (sd) |', '|---|---|---|---|---|']
+  for baseline, r in contrasts:
+    where = f'{r.panel}, {r.x}' if r.panel else r.x
+    seeds = ', '.join(f'{100 * d:+.2f}' for d in r.seed_deltas)
+    sd = '' if np.isnan(r.seed_sd) else f' ({100 * r.seed_sd:.2f})'
+    lines.append(f'| {where} | {r.method} − {baseline} | {100 * r.delta:+.2f} pp '
+                 f'[{100 * r.delta_lo:+.2f}, {100 * r.delta_hi:+.2f}] | '
+                 f'{"yes" if r.significant else "no"} | {seeds}{sd} |')
+  return '\n'.join(lines)
+
+
 def plot_deltas(rows: Sequence[AggregateRow], path: str, title: str, x_label: str,
                 baseline: str = 'none') -> None:
   """The paper's figure form: delta vs `baseline` per method (colour) and sweep value
@@ -166,7 +197,8 @@ def grid_examples(member_examples: Mapping[str, Mapping[str, tuple[np.ndarray, n
 
 
 def write(out_dir: str, rows: Sequence[AggregateRow], member_examples, *, title: str,
-          x_label: str, header: Mapping[str, str]) -> dict[str, str]:
+          x_label: str, header: Mapping[str, str],
+          contrasts: Sequence[tuple[str, AggregateRow]] = ()) -> dict[str, str]:
   """Writes results.md, deltas.png, augmentations.png and aggregate.json; returns paths."""
   os.makedirs(out_dir, exist_ok=True)
   paths = {n: os.path.join(out_dir, n)
@@ -189,15 +221,21 @@ def write(out_dir: str, rows: Sequence[AggregateRow], member_examples, *, title:
             'a 95% t-interval over tasks. The last column is the spread across seeds, which '
             'the interval does not include.', '',
             ('Intervals that cross zero: ' + '; '.join(crossing) + '.') if crossing
-            else 'No interval crosses zero.', '',
+            else 'No interval crosses zero.', '']
+  if contrasts:
+    lines += ['Paired contrasts between methods (same pooling over seeds): the learned '
+              'augmenter against its own initialisation, and test-time adaptation against '
+              'the learned augmenter.', '', contrast_table(contrasts, x_label), '']
+  lines += [
             '![accuracy deltas](deltas.png)', '']
   if grid:
     lines += ['![augmentations](augmentations.png)', '']
   with open(paths['results.md'], 'w') as f:
     f.write('\n'.join(lines))
   with open(paths['aggregate.json'], 'w') as f:
-    json.dump({'header': dict(header), 'rows': [dataclasses.asdict(r) for r in rows]}, f,
-              indent=1)
+    json.dump({'header': dict(header), 'rows': [dataclasses.asdict(r) for r in rows],
+               'contrasts': [{'baseline': b, **dataclasses.asdict(r)} for b, r in contrasts]},
+              f, indent=1)
   if not grid:
     paths.pop('augmentations.png')
   return paths

@@ -15,9 +15,11 @@ each run's size (`sweeps.Run.cost`).
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import platform
+import shutil
 import time
 
 import jax
@@ -41,12 +43,42 @@ def is_done(run: sweeps.Run) -> bool:
     return json.load(f) == json.loads(run.config.to_json())
 
 
-def _mark_done(run: sweeps.Run, seconds: float) -> None:
+def _mark_done(run: sweeps.Run, seconds: float, copied_from: str = '') -> None:
   path = os.path.join(run.workdir, DONE_FILE)
   with open(path + '.tmp', 'w') as f:
     json.dump({'member': run.member.name, 'seed': run.seed, 'seconds': seconds,
-               'overrides': list(run.member.overrides)}, f, indent=1)
+               'overrides': list(run.member.overrides), 'copied_from': copied_from}, f,
+              indent=1)
   os.replace(path + '.tmp', path)
+
+
+def find_twin(run: sweeps.Run, root: str) -> str | None:
+  """A finished workdir of another study under `root` with exactly this run's config
+  (the support-size study's K = 10 run is the task-difficulty study's N = 3 run)."""
+  target = json.loads(run.config.to_json())
+  for path in sorted(glob.glob(os.path.join(glob.escape(root), '*', '*', 'seed*', DONE_FILE))):
+    workdir = os.path.dirname(path)
+    if os.path.abspath(workdir) == os.path.abspath(run.workdir):
+      continue
+    try:
+      with open(os.path.join(workdir, 'config.json')) as f:
+        if json.load(f) == target:
+          return workdir
+    except OSError:
+      continue
+  return None
+
+
+def _copy_twin(twin: str, workdir: str) -> None:
+  """Copies a finished twin's workdir into place, atomically (a temporary folder
+  renamed), so that an interruption leaves either nothing or the whole copy."""
+  tmp = f'{workdir}.copy-tmp'
+  shutil.rmtree(tmp, ignore_errors=True)
+  shutil.copytree(twin, tmp, ignore=shutil.ignore_patterns(DONE_FILE))
+  os.makedirs(os.path.dirname(workdir), exist_ok=True)
+  if os.path.isdir(workdir):
+    os.rmdir(workdir)  # empty: checked by the caller
+  os.rename(tmp, workdir)
 
 
 def _clock(seconds: float) -> str:
@@ -92,6 +124,14 @@ def run_sweep(sweep_name: str, base: str, root: str, seeds: int = 1,
     logging.info('[%d/%d] %s/%s%s', i + 1, len(todo), sweep.name, run.label,
                  ' (resuming)' if resumed else '')
     run_start = time.perf_counter()
+    twin = find_twin(run, root)
+    if twin and not (os.path.isdir(run.workdir) and os.listdir(run.workdir)):
+      _copy_twin(twin, run.workdir)
+      _mark_done(run, 0.0, copied_from=twin)
+      done_cost += run.cost()
+      logging.info('[%d/%d] %s/%s: same config as %s, finished there; copied.', i + 1,
+                   len(todo), sweep.name, run.label, twin)
+      continue
     try:
       train.train_and_evaluate(run.config, run.workdir)
     except train.USER_ERRORS as e:
@@ -132,7 +172,7 @@ class SweepError(RuntimeError):
 def write_aggregate(sweep: sweeps.Sweep, runs: list[sweeps.Run], base: str, root: str,
                     seeds: int, extra: tuple[str, ...]) -> dict[str, str]:
   """Aggregates the finished runs into ROOT/<study>/ (results.md, deltas.png, ...)."""
-  rows, member_examples, missing, seconds, seen = [], {}, [], {}, set()
+  rows, contrasts, member_examples, missing, seconds, seen = [], [], {}, [], {}, set()
   for member in dict.fromkeys(r.member for r in runs):
     results = []
     for run in (r for r in runs if r.member == member):
@@ -145,13 +185,16 @@ def write_aggregate(sweep: sweeps.Sweep, runs: list[sweeps.Run], base: str, root
         continue
       seen.add(run.workdir)
       with open(os.path.join(run.workdir, DONE_FILE)) as f:
-        seconds[run.label] = json.load(f)['seconds']
+        done = json.load(f)
+      if not done.get('copied_from'):
+        seconds[run.label] = done['seconds']
       examples = os.path.join(run.workdir, 'examples.npz')
       if member.name not in member_examples and os.path.isfile(examples):
         member_examples[member.name] = report.load_examples(examples)
     if results:
       try:
         rows += aggregate.aggregate_member(member.name, member.x, member.panel, results)
+        contrasts += aggregate.contrast_rows(member.name, member.x, member.panel, results)
       except ValueError as e:
         raise ConfigError(f'{sweep.path}: {e}') from e
   if not rows:
@@ -176,7 +219,8 @@ def write_aggregate(sweep: sweeps.Sweep, runs: list[sweeps.Run], base: str, root
     header['not finished'] = ', '.join(missing)
     logging.warning('Aggregating without unfinished runs: %s', ', '.join(missing))
   paths = aggregate.write(os.path.join(root, sweep.name), rows, member_examples,
-                          title=sweep.title, x_label=sweep.x_label, header=header)
+                          title=sweep.title, x_label=sweep.x_label, header=header,
+                          contrasts=contrasts)
   logging.info('Sweep aggregate written to %s\n%s', paths['results.md'],
                aggregate.markdown_table(rows, sweep.x_label))
   return paths

@@ -143,6 +143,9 @@ def test_aggregate_pools_paired_deltas_over_seeds_and_reports_their_spread():
   assert learned.significant == (learned.delta_lo > 0 or learned.delta_hi < 0)
   assert rows['adapted'].seeds == 1 and np.isnan(rows['adapted'].seed_sd)
   assert rows['none'].delta == 0 and not rows['none'].significant
+  contrasts = aggregate.contrast_rows('k1', '1', '', results)
+  assert [(b, r.method) for b, r in contrasts] == [('learned', 'adapted')]  # no random_convnet
+  np.testing.assert_allclose(contrasts[0][1].delta, 0.01)  # adapted - learned, seed 0 only
   with pytest.raises(ValueError, match='different numbers of tasks'):
     aggregate.aggregate_member('k1', '1', '', [
         _result({'none': none, 'learned': none}), _result({'none': none[:10],
@@ -187,6 +190,7 @@ def test_runner_runs_skips_resumes_and_aggregates(tmp_path, monkeypatch):
   for x in ('1', '2'):
     for method in ('none', 'learned', 'adapted'):
       assert f'| {x} | {method} |' in text
+    assert f'| {x} | adapted − learned |' in text
   rows = json.loads(_read(paths['aggregate.json']))['rows']
   assert [(r['member'], r['method']) for r in rows] == [
       (m, a) for m in ('k1', 'k2') for a in ('none', 'learned', 'adapted')]
@@ -256,3 +260,31 @@ def test_a_finished_run_with_other_resumable_values_runs_again(tmp_path, monkeyp
   sweep_runner.run_sweep(spec, TINY, root)
   sweep_runner.run_sweep(spec, TINY, root, extra=('eval.num_tasks=9',))
   assert calls == [6, 9]
+
+
+def test_a_run_finished_in_another_study_is_copied_not_rerun(tmp_path, monkeypatch):
+  calls = []
+
+  def fake_run(config, workdir):
+    train.prepare_workdir(workdir, config)
+    calls.append((config.task.k_shot, config.task.n_way))
+    with open(os.path.join(workdir, 'results.json'), 'w') as f:
+      json.dump(_result({'none': [0.5, 0.6], 'learned': [0.6, 0.6]}), f)
+
+  monkeypatch.setattr(train, 'train_and_evaluate', fake_run)
+  root = str(tmp_path / 'runs')
+  support = _write_sweep(tmp_path / 'support.json', [
+      {'name': 'k1', 'overrides': ['task.k_shot=1']},
+      {'name': 'k2', 'overrides': ['task.k_shot=2']}], overrides=['task.n_way=3'])
+  ways = _write_sweep(tmp_path / 'ways.json', [
+      {'name': 'n2', 'overrides': ['task.n_way=2']},
+      {'name': 'n3', 'overrides': ['task.n_way=3']}], overrides=['task.k_shot=2'])
+  sweep_runner.run_sweep(support, TINY, root)
+  paths = sweep_runner.run_sweep(ways, TINY, root)
+  assert calls == [(1, 3), (2, 3), (2, 2)]  # n3 is support's k2
+  copied = os.path.join(root, 'ways', 'n3', 'seed0')
+  with open(os.path.join(copied, 'sweep_run.json')) as f:
+    assert json.load(f)['copied_from'] == os.path.join(root, 'support', 'k2', 'seed0')
+  assert _read(os.path.join(copied, 'results.json')) == _read(
+      os.path.join(root, 'support', 'k2', 'seed0', 'results.json'))
+  assert '| n3 | learned |' in _read(paths['results.md'])
