@@ -181,19 +181,25 @@ def plot_deltas(rows: Sequence[AggregateRow], path: str, title: str, x_label: st
   plt.close(fig)
 
 
-def grid_examples(member_examples: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]],
-                  baseline: str = 'none') -> dict[str, tuple[np.ndarray, np.ndarray]]:
-  """Figure 6 across a sweep: the fixed baselines of the first member, then every
-  member's own augmenters ('learned', 'adapted', a frozen augmenter), each with the
-  originals of that member's task. Input: member -> method -> (originals, synthetic)."""
-  shared = ('duplicate', 'fixed', 'random_convnet')
-  out = {}
+def grid_rows(member_examples: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]],
+              baseline: str = 'none') -> list[tuple[str, np.ndarray]]:
+  """Figure 6 across a sweep, as labelled rows: per member, the support images of its
+  first test task, then each augmenter's synthetic images of them; the baselines
+  that do not change between members ('fixed', 'random_convnet') for the first
+  member only. Input: member -> method -> (originals, synthetic)."""
+  shared, skip = ('fixed', 'random_convnet'), (baseline, 'duplicate')  # duplicate = originals
+  rows = []
   for i, (member, examples) in enumerate(member_examples.items()):
-    for method, pair in examples.items():
-      if method == baseline or (method in shared and i > 0):
-        continue
-      out[f'{member}: {method}'] = pair
-  return out
+    shown = [m for m in examples if m not in skip and (m not in shared or i == 0)]
+    if not shown:
+      continue
+    rows.append((f'{member}: original', examples[shown[0]][0]))
+    for method in shown:
+      originals, synthetic = examples[method]
+      if originals.shape[0] != rows[-1][1].shape[0]:  # per-class augmenter (diffusion)
+        rows.append((f'{member}: original ({method})', originals))
+      rows.append((f'{member}: {method}', synthetic))
+  return rows
 
 
 def write(out_dir: str, rows: Sequence[AggregateRow], member_examples, *, title: str,
@@ -208,9 +214,11 @@ def write(out_dir: str, rows: Sequence[AggregateRow], member_examples, *, title:
   plot_deltas(rows, paths['deltas.png'],
               f'{title}: {tasks} paired test tasks, {seeds} augmenter seed(s); bars 95% '
               'CI over tasks, x: per-seed means', x_label)
-  grid = grid_examples(member_examples)
+  grid = grid_rows(member_examples)
   if grid:
-    report.save_grid_figure(grid, paths['augmentations.png'])
+    # 80 dpi: a sweep's grid has a row per member and method, and is committed
+    # with the study's README.
+    report.save_rows_figure(grid, paths['augmentations.png'], dpi=80)
   crossing = [f'{r.panel + ", " if r.panel else ""}{r.x} {r.method}' for r in rows
               if r.method != 'none' and not r.significant]
   lines = [f'# {title}', '']

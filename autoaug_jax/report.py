@@ -61,6 +61,24 @@ def plot_deltas(rows: Sequence[MethodSummary], path: str, title: str,
   plt.close(fig)
 
 
+def image_rows(rows: Sequence[np.ndarray], max_images: int = 8,
+               cols: int | None = None) -> np.ndarray:
+  """Rows of images [n_i, H, W, 3] (floats in [0, 1]) tiled into one uint8 image
+  [len(rows) * (H + 2), cols * (W + 2), 3], 2-pixel white gutters; a row with fewer
+  than `cols` images (default: the longest row, at most `max_images`) is padded white."""
+  h, w = rows[0].shape[1:3]
+  cols = cols or min(max_images, max(r.shape[0] for r in rows))
+  tiles = []
+  for images in rows:
+    row = np.ones((cols, h, w, 3), np.float32)
+    row[:min(cols, images.shape[0])] = images[:cols]
+    tiles.append(row)
+  grid = np.ones((len(tiles), cols, h + 2, w + 2, 3), np.float32)
+  grid[:, :, 1:-1, 1:-1] = np.stack(tiles)
+  grid = grid.transpose(0, 2, 1, 3, 4).reshape(len(tiles) * (h + 2), cols * (w + 2), 3)
+  return (np.clip(grid, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
 def augmentation_grid(examples: Mapping[str, tuple[np.ndarray, np.ndarray]],
                       max_images: int = 8) -> np.ndarray:
   """One image: per method a row of originals and a row of their synthetic images.
@@ -74,34 +92,31 @@ def augmentation_grid(examples: Mapping[str, tuple[np.ndarray, np.ndarray]],
   Returns:
     [rows * (H + 2), cols * (W + 2), 3] uint8 (2-pixel white gutters).
   """
-  first = next(iter(examples.values()))[0]
-  h, w = first.shape[1:3]
   cols = min(max_images, max(o.shape[0] for o, _ in examples.values()))
-  tiles = []
-  for images in (x for pair in examples.values() for x in pair):
-    row = np.ones((cols, h, w, 3), np.float32)  # white where a method has fewer images
-    row[:min(cols, images.shape[0])] = images[:cols]
-    tiles.append(row)
-  grid = np.ones((len(tiles), cols, h + 2, w + 2, 3), np.float32)
-  grid[:, :, 1:-1, 1:-1] = np.stack(tiles)
-  grid = grid.transpose(0, 2, 1, 3, 4).reshape(len(tiles) * (h + 2), cols * (w + 2), 3)
-  return (np.clip(grid, 0, 1) * 255 + 0.5).astype(np.uint8)
+  return image_rows([x for pair in examples.values() for x in pair], cols=cols)
+
+
+def save_rows_figure(rows: Sequence[tuple[str, np.ndarray]], path: str,
+                     dpi: int = 110, grid: np.ndarray | None = None) -> None:
+  """Labelled rows of images (label, [n, H, W, 3] in [0, 1]) as a PNG (`dpi` 110:
+  about 3 pixels per image pixel); `grid`: their tiling, if already made."""
+  grid = image_rows([images for _, images in rows]) if grid is None else grid
+  fig, ax = plt.subplots(figsize=(grid.shape[1] / 40 + 2.4, grid.shape[0] / 40 + 0.4))
+  ax.imshow(grid, interpolation='nearest')
+  ax.set_xticks([])
+  row_h = grid.shape[0] / len(rows)
+  ax.set_yticks([(i + 0.5) * row_h for i in range(len(rows))], [label for label, _ in rows],
+                fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=dpi)
+  plt.close(fig)
 
 
 def save_grid_figure(examples: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str) -> None:
   """`augmentation_grid` with method names, as a PNG."""
-  grid = augmentation_grid(examples)
-  rows = 2 * len(examples)
-  fig, ax = plt.subplots(figsize=(grid.shape[1] / 40 + 2.4, grid.shape[0] / 40 + 0.4))
-  ax.imshow(grid, interpolation='nearest')
-  ax.set_xticks([])
-  row_h = grid.shape[0] / rows
-  ax.set_yticks([(i + 0.5) * row_h for i in range(rows)],
-                [f'{m}\n{part}' for m in examples for part in ('original', 'synthetic')],
-                fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  save_rows_figure([(f'{m}\n{part}', x) for m, pair in examples.items()
+                    for part, x in zip(('original', 'synthetic'), pair, strict=True)], path,
+                   grid=augmentation_grid(examples))
 
 
 def save_examples(examples: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str) -> None:

@@ -22,7 +22,6 @@ import platform
 import shutil
 import time
 
-import jax
 from absl import logging
 
 from autoaug_jax import aggregate, evaluation, report, sweeps, train
@@ -173,6 +172,7 @@ def write_aggregate(sweep: sweeps.Sweep, runs: list[sweeps.Run], base: str, root
                     seeds: int, extra: tuple[str, ...]) -> dict[str, str]:
   """Aggregates the finished runs into ROOT/<study>/ (results.md, deltas.png, ...)."""
   rows, contrasts, member_examples, missing, seconds, seen = [], [], {}, [], {}, set()
+  devices = ''  # as the runs' reports name them
   for member in dict.fromkeys(r.member for r in runs):
     results = []
     for run in (r for r in runs if r.member == member):
@@ -181,6 +181,7 @@ def write_aggregate(sweep: sweeps.Sweep, runs: list[sweeps.Run], base: str, root
         continue
       with open(os.path.join(run.workdir, 'results.json')) as f:
         results.append(json.load(f))
+      devices = devices or results[-1].get('header', {}).get('devices', '')
       if run.workdir in seen:  # a workdir shared with an earlier member
         continue
       seen.add(run.workdir)
@@ -213,7 +214,7 @@ def write_aggregate(sweep: sweeps.Sweep, runs: list[sweeps.Run], base: str, root
       'run time': f'{_clock(sum(seconds.values()))} for the finished runs ('
                   + ', '.join(f'{k} {_clock(v)}' for k, v in seconds.items())
                   + f'), on {platform.node()} ({os.cpu_count()} CPU cores, {platform.machine()}; '
-                  + f'JAX devices: {jax.device_count()} x {jax.devices()[0].device_kind})',
+                  + f'devices: {devices or "unknown"})',
   }
   if missing:
     header['not finished'] = ', '.join(missing)

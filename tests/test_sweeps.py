@@ -146,6 +146,11 @@ def test_aggregate_pools_paired_deltas_over_seeds_and_reports_their_spread():
   contrasts = aggregate.contrast_rows('k1', '1', '', results)
   assert [(b, r.method) for b, r in contrasts] == [('learned', 'adapted')]  # no random_convnet
   np.testing.assert_allclose(contrasts[0][1].delta, 0.01)  # adapted - learned, seed 0 only
+  img = np.zeros((4, 8, 8, 3))
+  pairs = {m: (img, img) for m in ('none', 'duplicate', 'fixed', 'random_convnet', 'learned')}
+  labels = [label for label, _ in aggregate.grid_rows({'k1': pairs, 'k5': pairs})]
+  assert labels == ['k1: original', 'k1: fixed', 'k1: random_convnet', 'k1: learned',
+                    'k5: original', 'k5: learned']
   with pytest.raises(ValueError, match='different numbers of tasks'):
     aggregate.aggregate_member('k1', '1', '', [
         _result({'none': none, 'learned': none}), _result({'none': none[:10],
