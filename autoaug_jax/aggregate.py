@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import textwrap
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -173,10 +174,11 @@ def plot_deltas(rows: Sequence[AggregateRow], path: str, title: str, x_label: st
     if panel:
       ax.set_title(panel, fontsize=9)
   axes[0][0].set_ylabel(f'accuracy delta vs {baseline} (pp)')
-  fig.suptitle(title, fontsize=9)
+  wrapped = textwrap.fill(title, int(fig.get_figwidth() * 13))
+  fig.suptitle(wrapped, fontsize=8)
   handles, labels = axes[0][0].get_legend_handles_labels()
   fig.legend(handles, labels, loc='center right', fontsize=7, frameon=False)
-  fig.tight_layout(rect=(0, 0, 0.86, 1))
+  fig.tight_layout(rect=(0, 0, 0.86, 1 - 0.05 * (wrapped.count('\n') + 1)))
   fig.savefig(path, dpi=110)
   plt.close(fig)
 
