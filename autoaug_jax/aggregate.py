@@ -87,22 +87,26 @@ def aggregate_member(member: str, x: str, panel: str, results: Sequence[Mapping]
   return rows
 
 
+def _where(r: AggregateRow) -> str:
+  return f'{r.panel}, {r.x}' if r.panel else r.x
+
+
+def _delta_cells(r: AggregateRow) -> str:
+  """'delta [lo, hi] | yes/no | per-seed deltas (sd)', in percentage points."""
+  seeds = ', '.join(f'{100 * d:+.2f}' for d in r.seed_deltas)
+  sd = '' if np.isnan(r.seed_sd) else f' ({100 * r.seed_sd:.2f})'
+  return (f'{100 * r.delta:+.2f} pp [{100 * r.delta_lo:+.2f}, {100 * r.delta_hi:+.2f}] | '
+          f'{"yes" if r.significant else "no"} | {seeds}{sd}')
+
+
 def markdown_table(rows: Sequence[AggregateRow], x_label: str, baseline: str = 'none') -> str:
   """One line per member and method: accuracy, pooled delta with its interval, seeds."""
   lines = [f'| {x_label or "member"} | method | accuracy | delta vs {baseline} (95% CI over '
            'tasks) | excludes 0 | per-seed deltas (sd) |',
            '|---|---|---|---|---|---|']
   for r in rows:
-    where = f'{r.panel}, {r.x}' if r.panel else r.x
-    if r.method == baseline:
-      lines.append(f'| {where} | {r.method} | {100 * r.mean_acc:.2f}% | (baseline) |  |  |')
-      continue
-    seeds = ', '.join(f'{100 * d:+.2f}' for d in r.seed_deltas)
-    sd = '' if np.isnan(r.seed_sd) else f' ({100 * r.seed_sd:.2f})'
-    lines.append(
-        f'| {where} | {r.method} | {100 * r.mean_acc:.2f}% | {100 * r.delta:+.2f} pp '
-        f'[{100 * r.delta_lo:+.2f}, {100 * r.delta_hi:+.2f}] | '
-        f'{"yes" if r.significant else "no"} | {seeds}{sd} |')
+    cells = '(baseline) |  | ' if r.method == baseline else _delta_cells(r)
+    lines.append(f'| {_where(r)} | {r.method} | {100 * r.mean_acc:.2f}% | {cells} |')
   return '\n'.join(lines)
 
 
@@ -127,13 +131,8 @@ def contrast_rows(member: str, x: str, panel: str, results: Sequence[Mapping]
 def contrast_table(contrasts: Sequence[tuple[str, AggregateRow]], x_label: str) -> str:
   lines = [f'| {x_label or "member"} | contrast | delta (95% CI over tasks) | excludes 0 | '
            'per-seed deltas (sd) |', '|---|---|---|---|---|']
-  for baseline, r in contrasts:
-    where = f'{r.panel}, {r.x}' if r.panel else r.x
-    seeds = ', '.join(f'{100 * d:+.2f}' for d in r.seed_deltas)
-    sd = '' if np.isnan(r.seed_sd) else f' ({100 * r.seed_sd:.2f})'
-    lines.append(f'| {where} | {r.method} − {baseline} | {100 * r.delta:+.2f} pp '
-                 f'[{100 * r.delta_lo:+.2f}, {100 * r.delta_hi:+.2f}] | '
-                 f'{"yes" if r.significant else "no"} | {seeds}{sd} |')
+  lines += [f'| {_where(r)} | {r.method} − {baseline} | {_delta_cells(r)} |'
+            for baseline, r in contrasts]
   return '\n'.join(lines)
 
 

@@ -31,15 +31,21 @@ from autoaug_jax.metric_writers import quiet_library_logs
 DONE_FILE = 'sweep_run.json'
 
 
+def _holds(workdir: str, config_json: dict) -> bool:
+  """Whether `workdir`'s config.json is exactly `config_json` (a parsed `to_json()`)."""
+  try:
+    with open(os.path.join(workdir, 'config.json')) as f:
+      return json.load(f) == config_json
+  except OSError:
+    return False
+
+
 def is_done(run: sweeps.Run) -> bool:
   """Finished, and with exactly this config: a run finished under other values of a
   resumable key (more meta-steps, more test tasks) is run again, which resumes it
   from its checkpoint and re-evaluates, instead of reporting stale numbers."""
-  config_path = os.path.join(run.workdir, 'config.json')
-  if not (os.path.isfile(os.path.join(run.workdir, DONE_FILE)) and os.path.isfile(config_path)):
-    return False
-  with open(config_path) as f:
-    return json.load(f) == json.loads(run.config.to_json())
+  return (os.path.isfile(os.path.join(run.workdir, DONE_FILE))
+          and _holds(run.workdir, json.loads(run.config.to_json())))
 
 
 def _mark_done(run: sweeps.Run, seconds: float, copied_from: str = '') -> None:
@@ -57,14 +63,8 @@ def find_twin(run: sweeps.Run, root: str) -> str | None:
   target = json.loads(run.config.to_json())
   for path in sorted(glob.glob(os.path.join(glob.escape(root), '*', '*', 'seed*', DONE_FILE))):
     workdir = os.path.dirname(path)
-    if os.path.abspath(workdir) == os.path.abspath(run.workdir):
-      continue
-    try:
-      with open(os.path.join(workdir, 'config.json')) as f:
-        if json.load(f) == target:
-          return workdir
-    except OSError:
-      continue
+    if os.path.abspath(workdir) != os.path.abspath(run.workdir) and _holds(workdir, target):
+      return workdir
   return None
 
 

@@ -27,14 +27,12 @@ import re
 
 import ml_collections
 
-from autoaug_jax.config_schema import ConfigError, config_from_file, validate
+from autoaug_jax.config_schema import EVAL_METHODS, ConfigError, config_from_file, validate
 from autoaug_jax.resnet import WeightsError
 
 # Every study evaluates all the paper's baselines, the learned augmenter and its
 # test-time adaptation on the same test tasks.
-SWEEP_DEFAULTS = (
-    'eval.methods=none,duplicate,fixed,random_convnet,learned,adapted',
-)
+SWEEP_DEFAULTS = (f'eval.methods={",".join(EVAL_METHODS)}',)
 
 EXPERIMENTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                'experiments')
