@@ -10,6 +10,7 @@ compiled. Dataset-dependent checks (class and image counts) live in
 
 from __future__ import annotations
 
+import math
 import os
 
 import ml_collections
@@ -236,9 +237,28 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _require(config.image_size >= 8 and config.image_size % 4 == 0,
            f'image_size={config.image_size} must be a multiple of 4 and at least 8 '
            '(the augmenter halves and doubles it; the classifier pools three times).')
-  _require(config.inner.lr > 0, f'inner.lr={config.inner.lr} must be positive.')
-  _require(config.outer.lr > 0, f'outer.lr={config.outer.lr} must be positive.')
-  _require(config.eval.adapt_lr > 0, f'eval.adapt_lr={config.eval.adapt_lr} must be positive.')
+  for key in ('inner.lr', 'outer.lr', 'eval.adapt_lr'):
+    value = _get(config, key)
+    _require(_real(value) and math.isfinite(value) and value > 0,
+             f'{key}={value!r} must be a finite positive number, e.g. --config.{key}='
+             f'{_get(base_config(), key)}.')
+  clip = config.outer.grad_clip
+  _require(_real(clip) and math.isfinite(clip) and clip >= 0,
+           f'outer.grad_clip={clip!r} must be a finite number >= 0 (0 turns clipping off).')
+  for key in ('seed', 'data.subset_seed', 'data.tfds.split_seed', 'eval.task_seed'):
+    value = _get(config, key)
+    _require(isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**31,
+             f'{key}={value!r} must be an integer in [0, 2**31).')
+  widths = config.classifier.widths
+  _require(len(widths) >= 1 and all(isinstance(w, int) and not isinstance(w, bool) and w >= 1
+                                     for w in widths),
+           f'classifier.widths={tuple(widths)!r} must be one or more positive integers, '
+           'e.g. (18, 36, 72).')
+  latent = config.augmenter.latent_channels
+  _require(isinstance(latent, int) and not isinstance(latent, bool) and latent >= 1,
+           f'augmenter.latent_channels={latent!r} must be a positive integer.')
+  _require(isinstance(config.image_size, int) and not isinstance(config.image_size, bool),
+           f'image_size={config.image_size!r} must be an integer.')
   for key in ('augmenter.weights', 'classifier.weights'):
     weights = _get(config, key)
     _require(not weights or os.path.isdir(os.path.expanduser(weights)),
@@ -269,10 +289,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
            'data.images_per_class=0 means "all", but glyphs are rendered: give a number.')
   _require(config.data.name != 'tfds' or bool(config.data.tfds.name),
            'data.name=tfds needs data.tfds.name, e.g. --config.data.tfds.name=cifar100.')
-  _require(0.0 <= config.data.spurious <= 1.0,
+  _require(_real(config.data.spurious) and 0.0 <= config.data.spurious <= 1.0,
            f'data.spurious={config.data.spurious} must lie in [0, 1].')
-  _require(config.augmenter.noise_std >= 0,
-           f'augmenter.noise_std={config.augmenter.noise_std} must be non-negative.')
+  for key in ('augmenter.noise_std', 'augmenter.fixed.noise_std'):
+    value = _get(config, key)
+    _require(_real(value) and math.isfinite(value) and value >= 0,
+             f'{key}={value!r} must be a finite number >= 0.')
   _require(0.0 < config.augmenter.fixed.min_crop <= 1.0,
            f'augmenter.fixed.min_crop={config.augmenter.fixed.min_crop} must lie in (0, 1].')
   _require(config.eval.val_every >= 0 and config.eval.val_tasks >= 0,
@@ -326,6 +348,10 @@ def validate_diffusion(a: ml_collections.ConfigDict, *, check_dirs: bool = True)
     _require(jax.config.jax_enable_x64,
              "augmenter.sd_dtype='float64' needs jax_enable_x64 (JAX_ENABLE_X64=1); it is for "
              "gradient checks. Use 'bfloat16' or 'float32'.")
+
+
+def _real(value) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _get(config: ml_collections.ConfigDict, dotted: str):

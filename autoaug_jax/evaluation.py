@@ -48,23 +48,44 @@ def make_eval_fn(augmenter: Augmenter, classifier: Classifier, spec: TaskSpec, m
                  out_shardings=(sharded, sharded))
 
 
+@dataclasses.dataclass(frozen=True)
+class TaskScores:
+  """Per-task results of one method on a task set.
+
+  accuracy: [T] query accuracy; a task whose classifier diverged scores 0.
+  diverged: [T] bool, the task's query loss is non-finite (NaN/inf logits
+    would otherwise be scored by whatever argmax makes of them).
+  """
+  accuracy: np.ndarray
+  diverged: np.ndarray
+
+  def mean(self) -> float:
+    return float(self.accuracy.mean())
+
+  @property
+  def num_diverged(self) -> int:
+    return int(self.diverged.sum())
+
+
 def evaluate(augmenter: Augmenter, params: Params, split: DeviceSplit, classifier: Classifier,
              spec: TaskSpec, mesh: Mesh, stream_key: jax.Array, num_tasks: int,
-             batch_size: int, *, consts: Params, eval_fn=None) -> np.ndarray:
-  """Query accuracy of each of tasks 0..num_tasks-1 of `stream_key`: [num_tasks] float.
+             batch_size: int, *, consts: Params, eval_fn=None) -> TaskScores:
+  """Query accuracy of each of tasks 0..num_tasks-1 of `stream_key`.
 
   `consts`: the frozen weights placed on the mesh (`MetaSetup.placed_constants`;
   {'classifier': {}, 'augmenter': {}} for the ConvNets).
   """
   eval_fn = eval_fn or make_eval_fn(augmenter, classifier, spec, mesh)
   batch = padded(min(batch_size, num_tasks), mesh)
-  accs = []
+  accs, losses = [], []
   for start in range(0, num_tasks, batch):
     # The last batch is padded with extra tasks, whose results are dropped.
-    acc, _ = eval_fn(params, split, stream_key, jnp.arange(start, start + batch, dtype=jnp.int32),
-                     consts)
+    acc, loss = eval_fn(params, split, stream_key,
+                        jnp.arange(start, start + batch, dtype=jnp.int32), consts)
     accs.append(np.asarray(acc)[:num_tasks - start])
-  return np.concatenate(accs)
+    losses.append(np.asarray(loss)[:num_tasks - start])
+  accuracy, diverged = np.concatenate(accs), ~np.isfinite(np.concatenate(losses))
+  return TaskScores(np.where(diverged, np.zeros_like(accuracy), accuracy), diverged)
 
 
 def eval_stream(task_seed: int, split_name: str) -> jax.Array:
@@ -82,6 +103,7 @@ class MethodSummary:
   delta_lo: float          # 95% t-interval of the mean delta
   delta_hi: float
   significant: bool        # the delta interval excludes zero
+  diverged: int = 0        # tasks whose classifier diverged (scored 0)
 
 
 def t_half_width(values: np.ndarray) -> float:
@@ -91,12 +113,14 @@ def t_half_width(values: np.ndarray) -> float:
   return float(scipy.stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / np.sqrt(n))
 
 
-def summarize(accuracies: Mapping[str, np.ndarray], baseline: str = 'none') -> list[MethodSummary]:
+def summarize(accuracies: Mapping[str, np.ndarray], baseline: str = 'none',
+              diverged: Mapping[str, int] | None = None) -> list[MethodSummary]:
   """Mean accuracy and paired delta against `baseline`, with 95% t-intervals.
 
   Args:
     accuracies: method -> per-task accuracies [T], all on the same T tasks.
     baseline: the method deltas are taken against.
+    diverged: method -> number of tasks whose classifier diverged (reported).
   """
   if baseline not in accuracies:
     raise ValueError(f'The baseline {baseline!r} was not evaluated; add it to eval.methods.')
@@ -113,7 +137,8 @@ def summarize(accuracies: Mapping[str, np.ndarray], baseline: str = 'none') -> l
     rows.append(MethodSummary(
         method=method, num_tasks=acc.size, mean_acc=float(acc.mean()),
         acc_ci=t_half_width(acc), delta=delta, delta_lo=delta - half, delta_hi=delta + half,
-        significant=bool(method != baseline and (delta - half > 0 or delta + half < 0))))
+        significant=bool(method != baseline and (delta - half > 0 or delta + half < 0)),
+        diverged=int((diverged or {}).get(method, 0))))
   return rows
 
 

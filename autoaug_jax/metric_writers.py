@@ -18,28 +18,50 @@ from absl import logging
 
 
 class MetricWriter:
-  """Appends scalars to WORKDIR/metrics.jsonl and to TensorBoard under WORKDIR/tensorboard."""
+  """Appends scalars to WORKDIR/metrics.jsonl and to TensorBoard under WORKDIR/tensorboard.
 
-  def __init__(self, workdir: str, tensorboard: bool = True):
+  `resume_step`: the meta-step the run continues from (None: from scratch).
+  Whatever an earlier process logged after it (a run that died before its
+  next checkpoint) is dropped from metrics.jsonl and hidden in TensorBoard,
+  so that a resumed run's metrics read as one uninterrupted run.
+  """
+
+  def __init__(self, workdir: str, tensorboard: bool = True, resume_step: int | None = None):
     self._path = os.path.join(workdir, 'metrics.jsonl')
+    self._truncate_after(resume_step)
     self._tb = None
     if tensorboard:
       from tensorboardX import SummaryWriter  # heavy import, only when writing
-      self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'), flush_secs=30)
+      self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'), flush_secs=30,
+                               purge_step=0 if resume_step is None else resume_step + 1)
 
-  def truncate_after(self, step: int) -> None:
-    """Drops lines logged after `step` (by a run that died before its next checkpoint),
-    so that a resumed run's metrics.jsonl reads as one uninterrupted run."""
+  def _truncate_after(self, step: int | None) -> None:
     if not os.path.exists(self._path):
       return
+    kept, dropped = [], 0
     with open(self._path) as f:
-      lines = [line for line in f if line.strip()]
-    kept = [line for line in lines if json.loads(line).get('step', 0) <= step]
-    if len(kept) != len(lines):
+      for line in f:
+        try:
+          record = json.loads(line)
+        except ValueError:  # a line torn by a kill mid-write
+          dropped += 1
+          continue
+        if step is not None and record.get('step', 0) <= step:
+          kept.append(line if line.endswith('\n') else line + '\n')
+        else:
+          dropped += 1
+    if dropped:
       tmp = self._path + '.tmp'
       with open(tmp, 'w') as f:
         f.writelines(kept)
       os.replace(tmp, self._path)
+
+  def has(self, key: str) -> bool:
+    """Whether metrics.jsonl already holds `key` (at any step)."""
+    if not os.path.exists(self._path):
+      return False
+    with open(self._path) as f:
+      return any(key in json.loads(line) for line in f)
 
   def write_scalars(self, step: int, scalars: dict[str, float]) -> None:
     with open(self._path, 'a') as f:
@@ -58,15 +80,21 @@ class MetricWriter:
       self._tb.close()
 
 
+# Orbax warns that read-only managers (evaluation) neither save nor delete.
+_ORBAX_READ_ONLY_NOTES = ('CheckpointManagerOptions.read_only=True', 'Given directory is read only')
+
+
 class _DropLibraryInfo:
   """absl log filter: Orbax logs every save and TFDS every dataset opened at INFO.
 
   Their warnings are kept, except TFDS's advice to install OpenCV (PIL decodes
-  our small images fine).
+  our small images fine) and Orbax's notes that a read-only manager will not
+  save (evaluation opens checkpoints read-only on purpose).
   """
 
   def filter(self, record) -> bool:
-    if 'OpenCV is not installed' in str(record.msg):
+    message = str(record.msg)
+    if 'OpenCV is not installed' in message or message.startswith(_ORBAX_READ_ONLY_NOTES):
       return False
     noisy = '/orbax/' in record.pathname or '/tensorflow_datasets/' in record.pathname
     return record.levelno >= 30 or not noisy

@@ -26,9 +26,12 @@ from autoaug_jax.evaluation import MethodSummary  # noqa: E402
 
 
 def markdown_table(rows: Sequence[MethodSummary], baseline: str = 'none') -> str:
+  """The results table; a 'diverged tasks' column appears when any classifier diverged."""
+  diverged = any(r.diverged for r in rows)
   lines = [
-      f'| method | accuracy (95% CI) | delta vs {baseline} (95% CI) | significant |',
-      '|---|---|---|---|',
+      f'| method | accuracy (95% CI) | delta vs {baseline} (95% CI) | significant |'
+      + (' diverged tasks |' if diverged else ''),
+      '|---|---|---|---|' + ('---|' if diverged else ''),
   ]
   for r in rows:
     if r.method == baseline:
@@ -37,7 +40,7 @@ def markdown_table(rows: Sequence[MethodSummary], baseline: str = 'none') -> str
       delta = (f'{100 * r.delta:+.2f} pp [{100 * r.delta_lo:+.2f}, {100 * r.delta_hi:+.2f}]')
       sig = 'yes' if r.significant else 'no'
     lines.append(f'| {r.method} | {100 * r.mean_acc:.2f}% ± {100 * r.acc_ci:.2f} | {delta} '
-                 f'| {sig} |')
+                 f'| {sig} |' + (f' {r.diverged} |' if diverged else ''))
   return '\n'.join(lines)
 
 
@@ -57,8 +60,22 @@ def plot_deltas(rows: Sequence[MethodSummary], path: str, title: str,
   ax.set_ylabel(f'accuracy delta vs {baseline} (pp)')
   ax.set_title(textwrap.fill(title, 70), fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  _save_figure(fig, path, dpi=110)
+
+
+def _save_figure(fig, path: str, dpi: int) -> None:
+  """Writes a PNG atomically (a kill mid-write leaves the previous file, if any)."""
+  tmp = f'{path}.tmp-{os.getpid()}'
+  fig.savefig(tmp, dpi=dpi, format='png')
   plt.close(fig)
+  os.replace(tmp, path)
+
+
+def _write_text(path: str, text: str) -> None:
+  tmp = f'{path}.tmp-{os.getpid()}'
+  with open(tmp, 'w') as f:
+    f.write(text)
+  os.replace(tmp, path)
 
 
 def image_rows(rows: Sequence[np.ndarray], max_images: int = 8,
@@ -108,8 +125,7 @@ def save_rows_figure(rows: Sequence[tuple[str, np.ndarray]], path: str,
   ax.set_yticks([(i + 0.5) * row_h for i in range(len(rows))], [label for label, _ in rows],
                 fontsize=7)
   fig.tight_layout()
-  fig.savefig(path, dpi=dpi)
-  plt.close(fig)
+  _save_figure(fig, path, dpi=dpi)
 
 
 def save_grid_figure(examples: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str) -> None:
@@ -125,7 +141,9 @@ def save_examples(examples: Mapping[str, tuple[np.ndarray, np.ndarray]], path: s
   arrays = {f'{m}/{part}': (np.clip(x, 0, 1) * 255 + 0.5).astype(np.uint8)
             for m, pair in examples.items()
             for part, x in zip(('originals', 'synthetic'), pair, strict=True)}
-  np.savez_compressed(path, **arrays)
+  tmp = f'{path}.tmp-{os.getpid()}.npz'
+  np.savez_compressed(tmp, **arrays)
+  os.replace(tmp, path)
 
 
 def load_examples(path: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -137,9 +155,16 @@ def load_examples(path: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 def write_report(out_dir: str, rows: Sequence[MethodSummary],
                  accuracies: Mapping[str, np.ndarray], examples, *, header: Mapping[str, str],
-                 config_json: str) -> dict[str, str]:
-  """Writes report.md, deltas.png, augmentations.png, results.json and examples.npz;
-  returns their paths."""
+                 config_json: str, diverged: Mapping[str, Sequence[int]] | None = None
+                 ) -> dict[str, str]:
+  """Writes report.md, deltas.png, augmentations.png, examples.npz and, last, results.json;
+  returns their paths.
+
+  Each file is written atomically, and results.json (the file sweeps read)
+  last, so a run killed while reporting leaves no half-written file and no
+  results.json that disagrees with the others. `diverged`: method -> indices
+  of the tasks whose classifier diverged (scored 0).
+  """
   os.makedirs(out_dir, exist_ok=True)
   paths = {name: os.path.join(out_dir, name)
            for name in ('report.md', 'deltas.png', 'augmentations.png', 'results.json',
@@ -148,6 +173,7 @@ def write_report(out_dir: str, rows: Sequence[MethodSummary],
   plot_deltas(rows, paths['deltas.png'], f'{header.get("task", "")}, {n} paired test tasks')
   save_grid_figure(examples, paths['augmentations.png'])
   significant = [r.method for r in rows if r.significant]
+  failed = [f'{r.method} {r.diverged} of {r.num_tasks}' for r in rows if r.diverged]
   lines = ['# autoaug-jax evaluation report', '']
   lines += [f'- **{k}**: {v}' for k, v in header.items()]
   lines += [
@@ -158,17 +184,19 @@ def write_report(out_dir: str, rows: Sequence[MethodSummary],
       markdown_table(rows), '',
       ('Deltas whose interval excludes zero: ' + ', '.join(significant) + '.') if significant
       else 'No delta has an interval that excludes zero.', '',
+      *([f'**Diverged**: the classifier\'s query loss was non-finite on some tasks, which '
+         f'score 0: {", ".join(failed)}.', ''] if failed else []),
       '![accuracy deltas](deltas.png)', '',
       '## Augmentations (one test task; originals above, synthetic below)', '',
       '![augmentations](augmentations.png)', '',
       '## Config', '', '```json', config_json, '```', '',
   ]
-  with open(paths['report.md'], 'w') as f:
-    f.write('\n'.join(lines))
+  _write_text(paths['report.md'], '\n'.join(lines))
   save_examples(examples, paths['examples.npz'])
-  with open(paths['results.json'], 'w') as f:
-    json.dump({'header': dict(header),
-               'summary': [dataclasses.asdict(r) for r in rows],
-               'per_task_accuracy': {m: np.asarray(a).tolist() for m, a in accuracies.items()}},
-              f, indent=1)
+  results = {'header': dict(header),
+             'summary': [dataclasses.asdict(r) for r in rows],
+             'per_task_accuracy': {m: np.asarray(a).tolist() for m, a in accuracies.items()}}
+  if diverged and any(len(v) for v in diverged.values()):
+    results['per_task_diverged'] = {m: [int(i) for i in v] for m, v in diverged.items()}
+  _write_text(paths['results.json'], json.dumps(results, indent=1))
   return paths

@@ -25,6 +25,7 @@ import time
 from absl import logging
 
 from autoaug_jax import aggregate, evaluation, report, sweeps, train
+from autoaug_jax import workdir as workdir_lib
 from autoaug_jax.config_schema import ConfigError
 from autoaug_jax.metric_writers import quiet_library_logs
 
@@ -109,7 +110,7 @@ def run_sweep(sweep_name: str, base: str, root: str, seeds: int = 1,
   # whichever members are asked for.
   runs = sweeps.select_runs(sweeps.plan(sweep, base, root, seeds, extra), sweep, members)
   for run in runs:  # a changed sweep must not silently reuse old workdirs
-    train.check_workdir_config(run.workdir, run.config)
+    workdir_lib.check_workdir_config(run.workdir, run.config)
   unique = sweeps.distinct(runs)
   total = sum(r.cost() for r in unique)
   todo = [r for r in unique if not is_done(r)]
@@ -199,7 +200,7 @@ def write_aggregate(sweep: sweeps.Sweep, runs: list[sweeps.Run], base: str, root
       except ValueError as e:
         raise ConfigError(f'{sweep.path}: {e}') from e
   if not rows:
-    raise train.WorkdirError(f'No run of sweep {sweep.name} has finished under {root} with '
+    raise workdir_lib.WorkdirError(f'No run of sweep {sweep.name} has finished under {root} with '
                              'this config; run the sweep without --aggregate_only first.')
   first = next(r for r in runs if is_done(r))
   header = {

@@ -5,12 +5,21 @@ class splits (dataset), check task shapes, build the augmenter, classifier and
 compiled meta-step, meta-train with checkpoints, meta-validation and
 metrics, then evaluate every method on the same test tasks and write the
 report. `evaluate_checkpoint` restores a finished or running workdir and
-evaluates it without training. Everything it calls is pure.
+evaluates it without training, optionally with other test tasks or data.
+The library modules it calls are pure.
 
-Order on start: validate the config, check the workdir (writable, same
-config as before), load data and check task shapes -- all before anything
-compiles, so user errors cost seconds. Resume order: the workdir's latest
-checkpoint, else a fresh init.
+Order on start: validate the config, check the workdir (writable, a config
+this run may resume), load data and check task shapes -- all before anything
+compiles, so user errors cost seconds. Resume order: the workdir's newest
+readable latest checkpoint, else a fresh init.
+
+A kill at any moment resumes exactly (the same parameters, best checkpoint
+and results as an uninterrupted run), because everything of meta-step s is
+written before its latest checkpoint: its metrics lines, then its
+meta-validation and best checkpoint, then the latest checkpoint. A resumed
+run restarts after the latest checkpoint, drops metrics lines logged after it,
+recomputes the same steps bit for bit and skips saves that already exist. A
+run killed after its last checkpoint redoes only the final evaluation.
 """
 
 from __future__ import annotations
@@ -27,28 +36,14 @@ import ml_collections
 from absl import logging
 
 from autoaug_jax import adaptation, data, evaluation, outer_step, report, sharding, tasks
+from autoaug_jax import workdir as workdir_lib
 from autoaug_jax.augmenters import Augmenter, make_augmenter
 from autoaug_jax.checkpointing import CheckpointError, Checkpoints
-from autoaug_jax.config_schema import ConfigError, base_config, validate
+from autoaug_jax.config_schema import ConfigError, validate
 from autoaug_jax.data import DataError
 from autoaug_jax.metric_writers import MetricWriter, Progress, non_finite, quiet_library_logs
 from autoaug_jax.resnet import WeightsError
-
-# Keys that may change between a run and its resumption: they do not change
-# the mathematics of the meta-training trajectory. (Device layout and remat do
-# change float32 rounding, which the 20-step inner loop can amplify to ~1e-3
-# in a task's query loss; an unchanged config resumes bit for bit.)
-RESUMABLE_KEYS = ('num_meta_steps', 'eval.', 'log_every', 'checkpoint_every',
-                  'keep_checkpoints', 'num_devices', 'num_cpu_devices', 'data.dir',
-                  'inner.remat', 'task_chunk', 'classifier.embed_once',
-                  # Memory/speed knobs of the diffusion augmenter, not its numbers,
-                  # and where its weights live (read at start-up only).
-                  'augmenter.remat', 'augmenter.efficient_attention', 'augmenter.sd_dir',
-                  'augmenter.prompt_net.weights')
-
-
-class WorkdirError(RuntimeError):
-  """The workdir cannot be used; the message says why and what to do."""
+from autoaug_jax.workdir import WorkdirError
 
 
 class NonFiniteLossError(RuntimeError):
@@ -57,55 +52,6 @@ class NonFiniteLossError(RuntimeError):
 
 USER_ERRORS = (ConfigError, DataError, WeightsError, WorkdirError, CheckpointError,
                NonFiniteLossError, MemoryError)
-
-
-def _flatten(d: dict, prefix: str = '') -> dict[str, Any]:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flatten(v, f'{prefix}{k}.'))
-    else:
-      out[f'{prefix}{k}'] = v
-  return out
-
-
-def check_workdir_config(workdir: str, config: ml_collections.ConfigDict) -> None:
-  """Raises ConfigError if `workdir` holds a run of a config that differs in a key
-  that is not in RESUMABLE_KEYS (nothing is written)."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
-    return
-  with open(path) as f:
-    old = json.load(f)
-  # Keys added to the schema after the run started count as their defaults.
-  defaults = _flatten(json.loads(base_config().to_json()))
-  old_flat, new_flat = {**defaults, **_flatten(old)}, _flatten(json.loads(config.to_json()))
-  changed = sorted(k for k in old_flat.keys() | new_flat.keys()
-                   if old_flat.get(k) != new_flat.get(k) and not k.startswith(RESUMABLE_KEYS))
-  if changed:
-    detail = ', '.join(f'{k}: {old_flat.get(k)!r} -> {new_flat.get(k)!r}' for k in changed[:6])
-    raise ConfigError(
-        f'{workdir} holds a run with a different config ({detail}). Resume it with the '
-        f'same values, or use a new --workdir.')
-
-
-def prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
-  """Creates the workdir, refuses one holding a run of a different config, writes config.json."""
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f'.write-test-{os.getpid()}')
-    with open(probe, 'w') as f:
-      f.write('ok')
-    os.remove(probe)
-  except OSError as e:
-    raise WorkdirError(f'Cannot write to --workdir={workdir} ({e.strerror or e}); '
-                       'choose a directory you can write to.') from e
-  check_workdir_config(workdir, config)
-  path = os.path.join(workdir, 'config.json')
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(json.loads(config.to_json()), f, indent=2)
-  os.replace(tmp, path)
 
 
 def load_splits(config, names=('train', 'val', 'test')) -> dict[str, data.FewShotSplit]:
@@ -169,10 +115,11 @@ def _device_summary(mesh) -> str:
 
 def run_evaluation(config, params, run: outer_step.MetaSetup, out_dir: str, *,
                    checkpoint_label: str, mesh, test_split: tasks.DeviceSplit | None = None,
-                   consts: Any = None) -> list:
+                   consts: Any = None, extra_header: dict[str, str] | None = None) -> list:
   """Evaluates every method on the test tasks and writes the report into out_dir.
 
   `consts`: the frozen weights already on the mesh (placed here if None).
+  `extra_header`: more lines for the report's header (overrides, config changes).
   """
   if test_split is None:
     test_split = to_device(load_splits(config, ('test',)), mesh)['test']
@@ -180,7 +127,7 @@ def run_evaluation(config, params, run: outer_step.MetaSetup, out_dir: str, *,
     consts = run.placed_constants(mesh)
   classifier, spec = run.classifier, run.spec
   stream = evaluation.eval_stream(config.eval.task_seed, 'test')
-  accuracies, examples = {}, {}
+  scores, examples = {}, {}
   for name, (aug, p) in eval_methods(config, run, params).items():
     start = time.perf_counter()
     # Baselines get no augmenter weights (the run's, e.g. Stable Diffusion's, are its own).
@@ -192,14 +139,20 @@ def run_evaluation(config, params, run: outer_step.MetaSetup, out_dir: str, *,
       method_spec = dataclasses.replace(spec, task_chunk=1)
     else:
       method_consts = {**consts, 'augmenter': consts['augmenter'] if aug is run.augmenter else {}}
-    accuracies[name] = evaluation.evaluate(aug, p, test_split, classifier, method_spec, mesh,
-                                           stream, config.eval.num_tasks,
-                                           config.eval.batch_size, consts=method_consts)
+    scores[name] = evaluation.evaluate(aug, p, test_split, classifier, method_spec, mesh,
+                                       stream, config.eval.num_tasks,
+                                       config.eval.batch_size, consts=method_consts)
     examples[name] = evaluation.example_augmentations(aug, p, test_split, spec, stream,
                                                       consts=method_consts['augmenter'])
-    logging.info('eval %-15s accuracy %.4f (%d tasks, %.1fs)', name, accuracies[name].mean(),
+    logging.info('eval %-15s accuracy %.4f (%d tasks, %.1fs)', name, scores[name].mean(),
                  config.eval.num_tasks, time.perf_counter() - start)
-  rows = evaluation.summarize(accuracies)
+    if scores[name].num_diverged:
+      logging.warning('eval %s: the classifier diverged (non-finite query loss) on %d of %d '
+                      'tasks; they score 0.', name, scores[name].num_diverged,
+                      config.eval.num_tasks)
+  accuracies = {name: s.accuracy for name, s in scores.items()}
+  rows = evaluation.summarize(accuracies,
+                              diverged={name: s.num_diverged for name, s in scores.items()})
   t = config.task
   header = {
       'task': f'{t.n_way}-way {t.k_shot}-shot {t.q_query}-query, {config.image_size}x'
@@ -218,23 +171,29 @@ def run_evaluation(config, params, run: outer_step.MetaSetup, out_dir: str, *,
           f'adapted = learned + {config.eval.adapt_steps} {config.outer.optimizer} steps (lr '
           f'{config.eval.adapt_lr}) per test task on a pseudo-task cut from its support set')}
          if 'adapted' in accuracies else {}),
+      **(extra_header or {}),
       'devices': _device_summary(mesh),
   }
   report.write_report(out_dir, rows, accuracies, examples, header=header,
-                      config_json=config.to_json(indent=2))
+                      config_json=config.to_json(indent=2),
+                      diverged={name: s.diverged.nonzero()[0] for name, s in scores.items()})
   logging.info('Report written to %s\n%s', os.path.join(out_dir, 'report.md'),
                report.markdown_table(rows))
   return rows
 
 
-def _validate_step(metrics: dict[str, float], step: int, ckpts: Checkpoints) -> None:
+def _check_finite(metrics: dict[str, float], step: int, ckpts: Checkpoints) -> None:
   bad = non_finite(metrics)
   if bad:
     last = ckpts.latest_step()
+    where = (f'the last good checkpoint is step {last}' if last is not None else
+             'no checkpoint was saved yet, so the rerun starts from scratch')
     raise NonFiniteLossError(
         f'Non-finite {", ".join(bad)} at meta-step {step}; nothing was saved from this step '
-        f'(last good checkpoint: {last}). Lower outer.lr or inner.lr, or set '
-        'outer.grad_clip, and resume from the same workdir.')
+        f'({where}). Rerun the same command and --workdir with a lower --config.outer.lr or '
+        '--config.inner.lr, or a smaller --config.outer.grad_clip: the run resumes from that '
+        'checkpoint and the change is recorded in config_changes.jsonl, metrics.jsonl and the '
+        'report.')
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list:
@@ -249,43 +208,66 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list:
   val_enabled = config.eval.val_every > 0 and config.eval.val_tasks > 0
   splits = load_splits(config, ('train', 'val', 'test') if val_enabled else ('train', 'test'))
   splits = to_device(splits, mesh)  # refuses a dataset that does not fit, before any write
-  prepare_workdir(workdir, config)
+  changes = workdir_lib.prepare_workdir(workdir, config)
 
   run = outer_step.setup(config)
   augmenter, params = run.augmenter, run.initial_params
+  trainable = augmenter.has_trainable_params(params)
   consts = run.placed_constants(mesh)
   state = run.init_state(mesh)
   ckpts = Checkpoints(workdir, keep=config.keep_checkpoints)
+  resumed = None
   if ckpts.latest_step() is not None:
-    state = ckpts.restore('latest', state)
-    logging.info('Resumed from %s at step %d.', workdir, int(state.step))
-  writer = MetricWriter(workdir)
-  writer.truncate_after(int(state.step))
+    state, resumed = ckpts.restore('latest', state)
+    logging.info('Resumed from %s at step %d.', workdir, resumed)
+  step = int(state.step)
+  if changes:
+    if trainable and step >= config.num_meta_steps:
+      raise ConfigError(
+          f'{workdir} has finished its {step} meta-steps, so '
+          f'{", ".join(k for k, _, _ in changes)} would change nothing but the record. Raise '
+          '--config.num_meta_steps to train on with the new value, or use a new --workdir.')
+    workdir_lib.record_changes(workdir, step, changes)
+    logging.warning('Resuming at meta-step %d with %s.', step, '; '.join(
+        f'{k} {old!r} -> {new!r}' for k, old, new in changes))
+  workdir_lib.write_config(workdir, config)
+  writer = MetricWriter(workdir, resume_step=resumed)
+  if changes:
+    writer.write_scalars(step, {f'config/{k}': new for k, _, new in changes})
 
-  trainable = augmenter.has_trainable_params(params)
   if not trainable:
     logging.info('augmenter %r has nothing to train (frozen or parameter-free); evaluating only.',
                  config.augmenter.name)
-  elif int(state.step) < config.num_meta_steps:
+  elif step < config.num_meta_steps:
     _meta_train(config, state, splits, run, consts, mesh, ckpts, writer)
 
-  # Report the checkpoint meta-validation selected; without validation, the last one.
-  label = 'initial parameters (nothing trained)'
-  eval_params = params
-  if trainable:
-    target = run.init_state(mesh)
-    which = 'best' if val_enabled and ckpts.best_step() is not None else 'latest'
-    if ckpts.latest_step() is not None:
-      eval_params = ckpts.restore(which, target).params
-      label = f'{which} (step {ckpts.resolve(which)[1]}'
-      if which == 'best':
-        label += f', meta-val accuracy {ckpts.best_metrics()["val_acc"]:.4f}'
-      label += ')'
+  label, eval_params = 'initial parameters (nothing trained)', params
+  if trainable and ckpts.latest_step() is not None:
+    # Report the checkpoint meta-validation selected; without validation, the last one.
+    eval_params, label = _restore_for_report(ckpts, run.init_state(mesh), val_enabled)
+  history = workdir_lib.read_changes(workdir)
   rows = run_evaluation(config, eval_params, run, workdir, checkpoint_label=label,
-                        mesh=mesh, test_split=splits['test'], consts=consts)
+                        mesh=mesh, test_split=splits['test'], consts=consts,
+                        extra_header={'config changes during training':
+                                      workdir_lib.describe_changes(history)} if history else None)
   writer.close()
   ckpts.close()
   return rows
+
+
+def _restore_for_report(ckpts: Checkpoints, target, val_enabled: bool) -> tuple[Any, str]:
+  """Parameters of the best checkpoint (latest without validation) and their label."""
+  if val_enabled and ckpts.best_step() is not None:
+    try:
+      state, step = ckpts.restore('best', target)
+      return state.params, (f'best (step {step}, meta-val accuracy '
+                            f'{ckpts.best_val_acc(step):.4f})')
+    except CheckpointError as e:
+      logging.warning('%s Reporting the latest checkpoint instead.', e)
+      state, step = ckpts.restore('latest', target)
+      return state.params, f'latest (step {step}; no readable best checkpoint)'
+  state, step = ckpts.restore('latest', target)
+  return state.params, f'latest (step {step})'
 
 
 def _meta_train(config, state, splits, run: outer_step.MetaSetup, consts, mesh, ckpts,
@@ -299,12 +281,13 @@ def _meta_train(config, state, splits, run: outer_step.MetaSetup, consts, mesh, 
     val_stream = evaluation.eval_stream(config.eval.task_seed, 'val')
     val_fn = evaluation.make_eval_fn(augmenter, classifier, spec, mesh)
     val = (val_split, val_stream, val_fn)
-    none = make_augmenter(config.augmenter, 'none')
-    base = evaluation.evaluate(none, {}, val_split, classifier, spec, mesh, val_stream,
-                               config.eval.val_tasks, config.eval.batch_size,
-                               consts={**consts, 'augmenter': {}})
-    writer.write_scalars(int(state.step), {'val/none_acc': float(base.mean())})
-    logging.info('meta-val accuracy without augmentation: %.4f', base.mean())
+    if int(state.step) == 0:  # logged once, at the start of training
+      none = make_augmenter(config.augmenter, 'none')
+      base = evaluation.evaluate(none, {}, val_split, classifier, spec, mesh, val_stream,
+                                 config.eval.val_tasks, config.eval.batch_size,
+                                 consts={**consts, 'augmenter': {}})
+      writer.write_scalars(0, {'val/none_acc': base.mean()})
+      logging.info('meta-val accuracy without augmentation: %.4f', base.mean())
 
   progress = Progress(config.num_meta_steps)
   logging.info('Meta-training %s from step %d to %d on %s.', config.augmenter.name,
@@ -315,64 +298,106 @@ def _meta_train(config, state, splits, run: outer_step.MetaSetup, consts, mesh, 
     step = int(state.step)
     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
     if compile_start is not None:
-      metrics['compile_and_first_step_s'] = time.perf_counter() - compile_start
-      logging.info('step %d done: compile + first step took %.1fs', step,
-                   metrics['compile_and_first_step_s'])
+      seconds = time.perf_counter() - compile_start
+      # Its own line: a resumed run's metrics.jsonl otherwise reads as an uninterrupted one.
+      writer.write_scalars(step, {'perf/compile_and_first_step_s': seconds})
+      logging.info('step %d done: compile + first step took %.1fs', step, seconds)
       compile_start = None
-    _validate_step(metrics, step, ckpts)
+    _check_finite(metrics, step, ckpts)
     last = step == config.num_meta_steps
-    if step % config.log_every == 0 or last or 'compile_and_first_step_s' in metrics:
+    # Everything of step s is written before its latest checkpoint (module docstring).
+    if step % config.log_every == 0 or last or step == 1:
       writer.write_scalars(step, {f'train/{k}': v for k, v in metrics.items()})
       progress.update(step)
+    if val is not None and (step % config.eval.val_every == 0 or last):
+      _meta_validate(config, state, step, val, run, consts, mesh, ckpts, writer)
     if step % config.checkpoint_every == 0 or last:
       ckpts.save_latest(step, state)
-    if val is not None and (step % config.eval.val_every == 0 or last):
-      val_split, val_stream, val_fn = val
-      acc = evaluation.evaluate(augmenter, state.params, val_split, classifier, spec, mesh,
-                                val_stream, config.eval.val_tasks, config.eval.batch_size,
-                                eval_fn=val_fn, consts=consts)
-      writer.write_scalars(step, {'val/learned_acc': float(acc.mean())})
-      ckpts.save_best(step, state, float(acc.mean()))
-      originals, synthetic = evaluation.example_augmentations(
-          augmenter, state.params, val_split, spec, val_stream, consts=consts['augmenter'])
-      writer.write_image(step, 'val/originals_vs_synthetic',
-                         report.augmentation_grid({'learned': (originals, synthetic)}))
-      logging.info('step %d: meta-val accuracy %.4f (best so far: step %s)', step, acc.mean(),
-                   ckpts.best_step())
 
 
-def load_workdir_config(workdir: str, overrides: dict | None = None) -> ml_collections.ConfigDict:
-  """The config a workdir's run was started with (its config.json), plus dotted overrides."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
-    raise WorkdirError(f'{workdir} has no config.json: not an autoaug_jax workdir. Pass the '
-                       '--workdir of a training run.')
-  config = base_config()
-  with open(path) as f:
-    saved = _flatten(json.load(f))
-  saved.update(overrides or {})
-  # JSON turned tuples into lists; the schema's tuple fields want tuples back.
-  config.update_from_flattened_dict(
-      {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
-  return config
+def _meta_validate(config, state, step, val, run: outer_step.MetaSetup, consts, mesh, ckpts,
+                   writer) -> None:
+  """Meta-validation at `step`: accuracy on the fixed meta-val tasks, best checkpoint, grid."""
+  val_split, val_stream, val_fn = val
+  scores = evaluation.evaluate(run.augmenter, state.params, val_split, run.classifier, run.spec,
+                               mesh, val_stream, config.eval.val_tasks, config.eval.batch_size,
+                               eval_fn=val_fn, consts=consts)
+  writer.write_scalars(step, {'val/learned_acc': scores.mean(),
+                              'val/learned_diverged_tasks': scores.num_diverged})
+  ckpts.save_best(step, state, scores.mean())
+  originals, synthetic = evaluation.example_augmentations(
+      run.augmenter, state.params, val_split, run.spec, val_stream, consts=consts['augmenter'])
+  writer.write_image(step, 'val/originals_vs_synthetic',
+                     report.augmentation_grid({'learned': (originals, synthetic)}))
+  logging.info('step %d: meta-val accuracy %.4f%s (best so far: step %s)', step, scores.mean(),
+               f', {scores.num_diverged} tasks diverged' if scores.num_diverged else '',
+               ckpts.best_step())
 
 
-def evaluate_checkpoint(workdir: str, checkpoint: str = 'best', out_dir: str = '',
+def evaluate_checkpoint(workdir: str, checkpoint: str = '', out_dir: str = '',
                         overrides: dict | None = None) -> list:
-  """Restores `checkpoint` ('best', 'latest' or a step) of `workdir` and evaluates it."""
+  """Restores `checkpoint` of `workdir` and evaluates it without training.
+
+  Args:
+    workdir: a training run's directory.
+    checkpoint: 'best', 'latest' or a step number; '' = 'best' if the run
+      validated, else 'latest'.
+    out_dir: where the report goes; '' = WORKDIR/eval_<checkpoint>_step<N>[__overrides].
+    overrides: dotted config keys to change for this evaluation (test tasks,
+      data, inner loop, device layout, weight directories; see
+      `workdir.EVAL_OVERRIDABLE`). Others are refused before anything is restored.
+
+  Returns:
+    The evaluation summary rows.
+  """
   quiet_library_logs()
-  config = load_workdir_config(workdir, overrides)
+  config = workdir_lib.load_workdir_config(workdir)
+  changed = workdir_lib.apply_eval_overrides(config, overrides or {})
   validate(config)
   mesh = sharding.mesh_from_config(config)
+  test_split = to_device(load_splits(config, ('test',)), mesh)['test']  # data errors first
   run = outer_step.setup(config)
   augmenter, params = run.augmenter, run.initial_params
-  label = 'initial parameters (nothing trained)'
+  which, step, label = checkpoint or 'initial', None, 'initial parameters (nothing trained)'
   if augmenter.has_trainable_params(params):
     ckpts = Checkpoints(workdir, read_only=True)
-    name, step = ckpts.resolve(checkpoint)
-    params = ckpts.restore(checkpoint, run.init_state(mesh)).params
-    label = f'{name} (step {step})'
+    which = checkpoint
+    if not which:
+      which = 'best' if ckpts.best_step() is not None else 'latest'
+      if which == 'latest':
+        logging.info('%s has no best checkpoint (trained without meta-validation); '
+                     'evaluating the latest.', workdir)
+    state, step = ckpts.restore(which, run.init_state(mesh))
+    params = state.params
+    name = ckpts.resolve(str(step))[0] if which not in ('best', 'latest') else which
+    label = f'{name} (step {step}'
+    if name == 'best':
+      label += f', meta-val accuracy {ckpts.best_val_acc(step):.4f}'
+    label += ')'
     ckpts.close()
-  out_dir = out_dir or os.path.join(workdir, f'eval_{checkpoint}')
-  return run_evaluation(config, params, run, out_dir, checkpoint_label=label, mesh=mesh)
+  out_dir = out_dir or os.path.join(workdir, workdir_lib.eval_dirname(which, step, changed))
+  settings = {'checkpoint': label, 'overrides': {k: new for k, (_, new) in changed.items()}}
+  _claim_eval_dir(out_dir, settings)
+  extra = {}
+  if changed:
+    extra['evaluation overrides'] = '; '.join(f'{k} {old!r} -> {new!r}'
+                                              for k, (old, new) in changed.items())
+  history = workdir_lib.read_changes(workdir)
+  if history:
+    extra['config changes during training'] = workdir_lib.describe_changes(history)
+  return run_evaluation(config, params, run, out_dir, checkpoint_label=label, mesh=mesh,
+                        test_split=test_split, extra_header=extra)
 
+
+def _claim_eval_dir(out_dir: str, settings: dict) -> None:
+  """Marks `out_dir` as this evaluation's; refuses one holding another evaluation's results."""
+  path = os.path.join(out_dir, 'eval_settings.json')
+  if os.path.exists(path):
+    with open(path) as f:
+      old = json.load(f)
+    if old != json.loads(json.dumps(settings)):
+      raise WorkdirError(f'{out_dir} holds the results of another evaluation ({old}); '
+                         'choose another --out_dir, or leave it empty for a folder of its own.')
+    return
+  os.makedirs(out_dir, exist_ok=True)
+  workdir_lib.write_json_atomic(path, settings)

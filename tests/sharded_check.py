@@ -26,7 +26,8 @@ def run(mesh, config, split):
   for _ in range(2):
     state, metrics = step(state, dev, consts)
   accs = evaluation.evaluate(setup.augmenter, state.params, dev, setup.classifier, setup.spec,
-                             mesh, evaluation.eval_stream(0, 'test'), 6, 6, consts=consts)
+                             mesh, evaluation.eval_stream(0, 'test'), 6, 6,
+                             consts=consts).accuracy
   leaf = jax.tree.leaves(state.params)[0]
   return state, metrics, accs, hlo, len(leaf.sharding.device_set)
 

@@ -56,3 +56,24 @@ def test_combinations_cover_both_classifiers_and_four_augmenters():
   assert (c.classifier.name, c.augmenter.name, c.augmenter.frozen) == ('convnet', 'resnet50', True)
   with pytest.raises(ConfigError, match=r'expected CLASSIFIER,AUGMENTER .* e\.g\. '):
     config_from_file(path, 'resnet50,resnet51')
+
+
+@pytest.mark.parametrize('key, value, message', [
+    ('inner.lr', float('inf'), r'inner.lr=inf must be a finite positive number'),
+    ('outer.lr', float('nan'), r'outer.lr=nan must be a finite positive number'),
+    ('eval.adapt_lr', 0.0, r'eval.adapt_lr=0.0 must be a finite positive number'),
+    ('outer.grad_clip', -1.0, r'outer.grad_clip=-1.0 must be a finite number >= 0'),
+    ('classifier.widths', (18, 0, 72), r'classifier.widths=\(18, 0, 72\) must be one or more '
+                                       'positive integers'),
+    ('augmenter.latent_channels', 0, r'augmenter.latent_channels=0 must be a positive integer'),
+    ('seed', True, r'seed=True must be an integer in \[0, 2\*\*31\)'),
+    ('eval.task_seed', -1, r'eval.task_seed=-1 must be an integer'),
+    ('augmenter.noise_std', float('nan'), r'augmenter.noise_std=nan must be a finite number'),
+])
+def test_bad_values_get_one_line_naming_key_and_fix(key, value, message):
+  config = load_config('tiny')
+  config.unlock()
+  config.update_from_flattened_dict({key: value})
+  with pytest.raises(ConfigError, match=message) as e:
+    validate(config)
+  assert '\n' not in str(e.value)

@@ -333,6 +333,6 @@ def test_main_entry_point_trains_and_reports_with_diffusion(sd_dir, tmp_path):
   out = _run_cli('evaluate', f'--workdir={tmp_path / "run"}', '--checkpoint=best', cwd=tmp_path)
   assert out.returncode == 0, out.stderr[-3000:]
   first, again = (json.loads((tmp_path / 'run' / d / 'results.json').read_text())
-                  for d in ('.', 'eval_best'))
+                  for d in ('.', 'eval_best_step2'))
   assert again['per_task_accuracy'] == first['per_task_accuracy']
 

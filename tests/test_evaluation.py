@@ -66,8 +66,8 @@ def test_results_do_not_depend_on_batching(eval_setup):
                                   consts=NO_CONSTS)
   batched = evaluation.evaluate(none, {}, dev, run.classifier, run.spec, mesh, stream, 5, 2,
                                 consts=NO_CONSTS)
-  np.testing.assert_array_equal(one_batch, batched)
-  assert one_batch.shape == (5,)
+  np.testing.assert_array_equal(one_batch.accuracy, batched.accuracy)
+  assert one_batch.accuracy.shape == (5,) and not one_batch.diverged.any()
 
 
 def test_report_files(tmp_path):
@@ -98,3 +98,30 @@ def test_eval_fn_compiles_once_per_method(eval_setup):
   evaluation.evaluate(none, {}, dev, run.classifier, run.spec, mesh, stream, 6, 2, eval_fn=fn,
                       consts=NO_CONSTS)
   assert fn._cache_size() == 1
+
+
+def test_a_diverged_classifier_is_counted_not_scored(eval_setup, tmp_path):
+  """NaN logits would be 'predictions' of whatever argmax makes of them: such tasks
+  score 0, are counted and appear in the report."""
+  import dataclasses
+  config, mesh, dev, run = eval_setup
+  stream = evaluation.eval_stream(0, 'test')
+  exploding = dataclasses.replace(run.spec, inner_lr=1e30)  # the inner SGD diverges
+  bad = evaluation.evaluate(run.augmenter, run.initial_params, dev, run.classifier, exploding,
+                            mesh, stream, 4, 4, consts=NO_CONSTS)
+  assert bad.diverged.all() and bad.num_diverged == 4
+  np.testing.assert_array_equal(bad.accuracy, np.zeros(4))
+  good = evaluation.evaluate(run.augmenter, run.initial_params, dev, run.classifier, run.spec,
+                             mesh, stream, 4, 4, consts=NO_CONSTS)
+  assert not good.diverged.any()
+  accs = {'none': good.accuracy, 'learned': bad.accuracy}
+  rows = evaluation.summarize(accs, diverged={'learned': 4})
+  assert [r.diverged for r in rows] == [0, 4]
+  examples = {m: (np.zeros((2, 8, 8, 3)), np.zeros((2, 8, 8, 3))) for m in accs}
+  report.write_report(str(tmp_path), rows, accs, examples, header={}, config_json='{}',
+                      diverged={'none': [], 'learned': [0, 1, 2, 3]})
+  text = (tmp_path / 'report.md').read_text()
+  assert '| significant | diverged tasks |' in text and '| learned | 0.00% ± 0.00 |' in text
+  assert 'non-finite on some tasks, which score 0: learned 4 of 4.' in text
+  results = json.loads((tmp_path / 'results.json').read_text())
+  assert results['per_task_diverged'] == {'none': [], 'learned': [0, 1, 2, 3]}

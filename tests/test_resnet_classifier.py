@@ -151,7 +151,7 @@ def test_weights_are_an_argument_of_the_compiled_step_not_a_constant(tiny_config
   accs = [evaluation.evaluate(run.augmenter, state.params, split, run.classifier, run.spec, mesh,
                               stream, 2, 2, consts=c, eval_fn=eval_fn)
           for c in (consts, jax.device_put(other, sharding.replicated(mesh)))]
-  assert eval_fn._cache_size() == 1 and accs[0].shape == accs[1].shape == (2,)
+  assert eval_fn._cache_size() == 1 and accs[0].accuracy.shape == accs[1].accuracy.shape == (2,)
   # The host constants the step read are untouched (no donation, no in-place update).
   jax.tree.map(np.testing.assert_array_equal, run.classifier_consts, resnet.load(weights).variables)
 

@@ -8,6 +8,7 @@ import pytest
 import scipy.stats
 
 from autoaug_jax import aggregate, sweep_runner, sweeps, train
+from autoaug_jax import workdir as workdir_lib
 from autoaug_jax.config_schema import ConfigError
 
 
@@ -186,7 +187,7 @@ def test_runner_runs_skips_resumes_and_aggregates(tmp_path, monkeypatch):
   with open(os.path.join(first, 'metrics.jsonl')) as f:
     lines = [json.loads(line) for line in f]
   # Resumed at step 3 (a fresh start would have truncated everything and begun at 1).
-  assert [r['step'] for r in lines if 'train/compile_and_first_step_s' in r] == [1, 3]
+  assert [r['step'] for r in lines if 'perf/compile_and_first_step_s' in r] == [1, 3]
   assert [r['step'] for r in lines if 'train/meta_loss' in r] == [1, 2, 3, 4]
   for member in ('k1', 'k2'):
     assert os.path.isfile(os.path.join(root, 'study', member, 'seed0', 'sweep_run.json'))
@@ -221,6 +222,12 @@ def test_runner_runs_skips_resumes_and_aggregates(tmp_path, monkeypatch):
     sweep_runner.run_sweep(changed, TINY, root, seeds=1)
 
 
+def _started(workdir, config):
+  """What train_and_evaluate writes before training: the workdir and its config.json."""
+  workdir_lib.prepare_workdir(workdir, config)
+  workdir_lib.write_config(workdir, config)
+
+
 def test_a_failed_run_does_not_stop_the_others(tmp_path, monkeypatch):
   spec = _write_sweep(tmp_path / 'study.json',
                       [{'name': 'k1', 'overrides': ['task.k_shot=1']},
@@ -231,7 +238,7 @@ def test_a_failed_run_does_not_stop_the_others(tmp_path, monkeypatch):
     ran.append(config.task.k_shot)
     if config.task.k_shot == 1:
       raise train.NonFiniteLossError('Non-finite query_loss at meta-step 3')
-    train.prepare_workdir(workdir, config)
+    _started(workdir, config)
     with open(os.path.join(workdir, 'results.json'), 'w') as f:
       json.dump(_result({'none': [0.5, 0.6, 0.7], 'learned': [0.6, 0.6, 0.8]}), f)
 
@@ -253,7 +260,7 @@ def test_a_finished_run_with_other_resumable_values_runs_again(tmp_path, monkeyp
   calls = []
 
   def fake_run(config, workdir):
-    train.prepare_workdir(workdir, config)
+    _started(workdir, config)
     calls.append(config.eval.num_tasks)
     accs = [0.5] * config.eval.num_tasks
     with open(os.path.join(workdir, 'results.json'), 'w') as f:
@@ -271,7 +278,7 @@ def test_a_run_finished_in_another_study_is_copied_not_rerun(tmp_path, monkeypat
   calls = []
 
   def fake_run(config, workdir):
-    train.prepare_workdir(workdir, config)
+    _started(workdir, config)
     calls.append((config.task.k_shot, config.task.n_way))
     with open(os.path.join(workdir, 'results.json'), 'w') as f:
       json.dump(_result({'none': [0.5, 0.6], 'learned': [0.6, 0.6]}), f)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from autoaug_jax import train
+from autoaug_jax import workdir as workdir_lib
 from autoaug_jax.checkpointing import Checkpoints
 from autoaug_jax.config_schema import ConfigError
 
@@ -26,15 +27,10 @@ def _quick(config, methods=('none', 'learned')):
 def _params(workdir, which='latest'):
   """The checkpointed state of a workdir, on the host."""
   from autoaug_jax import outer_step, sharding
-  config = train.load_workdir_config(str(workdir))
+  config = workdir_lib.load_workdir_config(str(workdir))
   run = outer_step.setup(config)
   ckpts = Checkpoints(str(workdir), read_only=True)
-  return jax.device_get(ckpts.restore(which, run.init_state(sharding.make_mesh(1))))
-
-
-def _train_lines(workdir):
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return [json.loads(line) for line in f if 'train/meta_loss' in line]
+  return jax.device_get(ckpts.restore(which, run.init_state(sharding.make_mesh(1)))[0])
 
 
 def _run_cli(module, *args, cwd=REPO, timeout=600):
@@ -53,7 +49,7 @@ def test_main_then_evaluate_entry_points(tmp_path):
     assert (workdir / name).exists(), name
   assert any(f.startswith('events.out.tfevents') for f in os.listdir(workdir / 'tensorboard'))
   assert sorted(os.listdir(workdir / 'checkpoints' / 'latest')) == ['2', '4']
-  assert len(os.listdir(workdir / 'checkpoints' / 'best')) == 1
+  assert 1 <= len(os.listdir(workdir / 'checkpoints' / 'best')) <= 2  # the best and its fallback
   assert 'steps/s' in out.stderr and 'ETA' in out.stderr
   text = (workdir / 'report.md').read_text()
   for method in ('none', 'duplicate', 'fixed', 'random_convnet', 'learned'):
@@ -61,47 +57,24 @@ def test_main_then_evaluate_entry_points(tmp_path):
   results = json.loads((workdir / 'results.json').read_text())
   assert results['header']['checkpoint'].startswith('best (step ')
 
-  # Evaluating the best checkpoint again reproduces the report's per-task numbers.
-  out = _run_cli('evaluate', '--workdir=run', '--checkpoint=best', cwd=tmp_path)
+  # Evaluating the best checkpoint again reproduces the report's per-task numbers. (The
+  # override, typed by the schema from its flag, changes the batching only.)
+  out = _run_cli('evaluate', '--workdir=run', '--config.eval.batch_size=4', cwd=tmp_path)
   assert out.returncode == 0, out.stderr[-3000:]
-  again = json.loads((workdir / 'eval_best' / 'results.json').read_text())
+  best = results['header']['checkpoint'].split()[2].rstrip(',')
+  folder = workdir / f'eval_best_step{best}__eval.batch_size=4'
+  again = json.loads((folder / 'results.json').read_text())
   assert again['per_task_accuracy'] == results['per_task_accuracy']
+  assert '**evaluation overrides**: eval.batch_size 6 -> 4' in (folder / 'report.md').read_text()
+  out = _run_cli('evaluate', f'--workdir={workdir}', '--config.classifier.hidden=16')
+  assert out.returncode == 1 and 'Traceback' not in out.stderr
+  assert out.stderr.strip().splitlines()[-1].startswith(
+      'error: --config.classifier.hidden cannot be overridden when evaluating a trained run')
   out = _run_cli('evaluate', f'--workdir={workdir}', '--checkpoint=7')
   assert out.returncode != 0 and 'No checkpoint at step 7' in out.stderr
 
 
-def test_resume_after_a_kill_equals_uninterrupted(tiny_config, tmp_path, monkeypatch):
-  config = _quick(tiny_config)
-  config.eval.val_every = 0
-  train.train_and_evaluate(config, str(tmp_path / 'straight'))
-
-  real_validate = train._validate_step
-
-  def dies_at_step_3(metrics, step, ckpts):
-    real_validate(metrics, step, ckpts)
-    if step == 3:  # after the step-2 checkpoint, before step 3 is saved
-      raise KeyboardInterrupt('simulated kill')
-
-  monkeypatch.setattr(train, '_validate_step', dies_at_step_3)
-  with pytest.raises(KeyboardInterrupt):
-    train.train_and_evaluate(config, str(tmp_path / 'killed'))
-  assert Checkpoints(str(tmp_path / 'killed'), read_only=True).latest_step() == 2
-  monkeypatch.setattr(train, '_validate_step', real_validate)
-  train.train_and_evaluate(config, str(tmp_path / 'killed'))
-
-  a, b = _params(tmp_path / 'straight'), _params(tmp_path / 'killed')
-  assert int(a.step) == int(b.step) == 4
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-    np.testing.assert_array_equal(x, y)
-  lines_a = [{k: v for k, v in d.items() if 'compile' not in k}
-             for d in _train_lines(tmp_path / 'straight')]
-  lines_b = [{k: v for k, v in d.items() if 'compile' not in k}
-             for d in _train_lines(tmp_path / 'killed')]
-  assert lines_a == lines_b  # the dead run's step-3 line was dropped, then rewritten
-
-
-def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_config, tmp_path,
-                                                               monkeypatch):
+def test_non_finite_loss_stops_and_its_advice_works(tiny_config, tmp_path, monkeypatch):
   config = _quick(tiny_config)
   config.checkpoint_every = 1
   config.eval.val_every = 0
@@ -113,7 +86,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_config, tmp_p
 
     def wrapped(state, split, consts):
       state, metrics = step_fn(state, split, consts)
-      if int(state.step) == 3:
+      if int(state.step) == 3 and config.outer.lr == 1e-3:
         metrics = dict(metrics, meta_loss=np.float32('nan'))
         state = state.replace(params=jax.tree.map(lambda p: p * np.nan, state.params))
       return state, metrics
@@ -121,11 +94,32 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_config, tmp_p
 
   monkeypatch.setattr(outer_step.MetaSetup, 'meta_step', poisoned)
   with pytest.raises(train.NonFiniteLossError, match='Non-finite meta_loss at meta-step 3.*'
-                                                     r'last good checkpoint: 2'):
+                                                     r'last good checkpoint is step 2.*'
+                                                     r'lower --config.outer.lr') as error:
     train.train_and_evaluate(config, str(tmp_path))
+  assert '\n' not in str(error.value)
   state = _params(tmp_path)
   assert int(state.step) == 2
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
+
+  # Follow the advice: the same workdir, a lower outer.lr. (The poison above only
+  # strikes at the old learning rate, as a real divergence would.)
+  config.outer.lr = 1e-4
+  train.train_and_evaluate(config, str(tmp_path))
+  assert int(_params(tmp_path).step) == config.num_meta_steps
+  assert workdir_lib.read_changes(str(tmp_path)) == [
+      {'step': 2, 'key': 'outer.lr', 'old': 1e-3, 'new': 1e-4}]
+  lines = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  assert {'step': 2, 'config/outer.lr': 1e-4} in lines
+  assert [d['step'] for d in lines if 'train/meta_loss' in d] == [1, 2, 3, 4]
+  assert ('**config changes during training**: outer.lr 0.001 -> 0.0001 from meta-step 2'
+          in (tmp_path / 'report.md').read_text())
+  # On a finished run the same change would do nothing: refused, the record untouched.
+  config.outer.lr = 1e-5
+  with pytest.raises(ConfigError, match=r'has finished its 4 meta-steps, so outer.lr would '
+                                        'change nothing'):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert len(workdir_lib.read_changes(str(tmp_path))) == 1
 
 
 def test_user_errors_before_anything_compiles(tiny_config, tmp_path):
@@ -182,13 +176,37 @@ def test_cli_reports_one_clear_error(tmp_path):
 
 def test_workdir_from_before_a_schema_addition_still_resumes(tiny_config, tmp_path):
   """A config.json written before a key existed counts that key as its default."""
-  train.prepare_workdir(str(tmp_path), tiny_config)
+  workdir_lib.write_config(str(tmp_path), tiny_config)
   path = tmp_path / 'config.json'
   old = json.loads(path.read_text())
   del old['classifier']['embed_once'], old['classifier']['trainable_blocks']
   path.write_text(json.dumps(old))
-  train.prepare_workdir(str(tmp_path), tiny_config)  # accepted: the defaults match
-  path.write_text(json.dumps(old))
+  assert workdir_lib.prepare_workdir(str(tmp_path), tiny_config) == []  # the defaults match
   tiny_config.classifier.trainable_blocks = 1
   with pytest.raises(ConfigError, match=r'classifier.trainable_blocks: 3 -> 1'):
-    train.prepare_workdir(str(tmp_path), tiny_config)
+    workdir_lib.prepare_workdir(str(tmp_path), tiny_config)
+
+
+def test_workdir_config_with_unknown_or_missing_keys_is_one_line(tiny_config, tmp_path):
+  workdir_lib.write_config(str(tmp_path), tiny_config)
+  path = tmp_path / 'config.json'
+  good = json.loads(path.read_text())
+  newer = {**good, 'inner': {**good['inner'], 'momentum': 0.9}}
+  path.write_text(json.dumps(newer))
+  with pytest.raises(workdir_lib.WorkdirError,
+                     match=r"config.json has key 'inner.momentum', which this version of "
+                           r'autoaug_jax does not know .*Use the version that wrote it'):
+    train.train_and_evaluate(tiny_config, str(tmp_path))
+  damaged = {**good, 'task': {'n_way': 3}}
+  path.write_text(json.dumps(damaged))
+  with pytest.raises(workdir_lib.WorkdirError,
+                     match=r"config.json lacks key 'task.k_shot' \(and 1 more\): the file is "
+                           'damaged'):
+    workdir_lib.load_workdir_config(str(tmp_path))
+  wrong_type = {**good, 'seed': 1.5}
+  path.write_text(json.dumps(wrong_type))
+  with pytest.raises(workdir_lib.WorkdirError, match=r'seed=1.5 has the wrong type'):
+    workdir_lib.load_workdir_config(str(tmp_path))
+  path.write_text('{"seed": 0, "task": ')
+  with pytest.raises(workdir_lib.WorkdirError, match='config.json cannot be read'):
+    workdir_lib.load_workdir_config(str(tmp_path))
