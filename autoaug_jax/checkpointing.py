@@ -2,24 +2,27 @@
 
 Used only by the orchestrators (`train.py`). Two folders under
 `WORKDIR/checkpoints/`: `latest/` keeps the last `keep` saves (resume reads
-it) and `best/` the last two saves that were the best on meta-validation
-so far (the final report evaluates the newest; the older one is its
-fallback). What makes a kill at any moment harmless:
+it) and `best/` the states that were the best on meta-validation so far (the
+newest two, and the one the newest latest save knew as best). What makes a
+kill at any moment harmless:
 
-- Orbax writes a save into a temporary folder and renames it when complete;
-  temporary folders of killed saves are removed when a run reopens the
-  workdir. After the rename a manifest (`autoaug_manifest.json`: every file's
-  size, and a best save's meta-val accuracy) is written into the folder
-  atomically. A folder whose files disagree with its manifest (truncated,
-  half-deleted) is damaged: a warning names it, a writable opening moves it
-  to `checkpoints/damaged/`, and the previous good save is used instead.
-  Folders without a manifest (a kill between rename and manifest, or an
-  older version of this module) are judged by whether Orbax can read them.
-- Saving a step that is already saved is a no-op: a resumed run recomputes
-  that step's state bit for bit, so the saved copy already is it.
-- A state is offered as best at each meta-validation and kept if its accuracy
-  is at least the best so far (ties go to the later step), a decision that
-  depends only on the saved bests, so it is the same after any resume.
+- Orbax writes a save into a temporary folder and renames it when complete,
+  with our metadata inside (a best save's meta-val accuracy; a latest save's
+  best-so-far step and accuracy), so both exist exactly when the folder does.
+  A manifest of every file's size (`autoaug_manifest.json`) follows the
+  rename. A folder whose files disagree with it (truncated, half-deleted) is
+  damaged: a warning names it, a writable opening moves it to
+  `checkpoints/damaged/`, and the previous save is used instead. Folders
+  without a manifest (a kill right after the rename, or an older version of
+  this module) are judged by whether Orbax can read them.
+- Old saves are deleted here, not by Orbax: renamed to Orbax's temporary
+  form first (removed at the next opening if the kill came mid-way), then
+  removed.
+- A resumed run calls `resume(step)`: best saves made after the latest
+  checkpoint belong to steps the run now recomputes and are removed, and the
+  best so far is the one recorded with that checkpoint. Best decisions (keep
+  a state whose accuracy is at least the best so far; ties go to the later
+  step) are then the same as in an uninterrupted run.
 
 Restores are shaped by an abstract target built from a freshly initialised
 state, so a checkpoint written on 4 devices restores on 1 and vice versa.
@@ -27,17 +30,22 @@ state, so a checkpoint written on 4 devices restores on 1 and vice versa.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
 import os
+import shutil
+import time
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
 MANIFEST = 'autoaug_manifest.json'
 _BEST_KEEP = 2
+_DELETING = '.orbax-checkpoint-tmp-deleting'  # Orbax's temporary form: removed on reopening
 
 
 class CheckpointError(RuntimeError):
@@ -66,65 +74,64 @@ def _short(error: BaseException | str, limit: int = 160) -> str:
   return text if len(text) <= limit else text[:limit - 3] + '...'
 
 
+def _read_json(path: str) -> dict | None:
+  try:
+    with open(path) as f:
+      value = json.load(f)
+    return value if isinstance(value, dict) else None
+  except (OSError, ValueError):
+    return None
+
+
 @dataclasses.dataclass
 class _Step:
   step: int
   path: str
-  manifest: dict | None  # None: written before manifests, or killed before it was written
-  problem: str | None = None  # why the folder is unusable, None if it looks intact
+  problem: str | None = None  # why the folder is unusable; None if it looks intact
+
+  @property
+  def meta(self) -> dict:
+    """Our metadata, saved atomically with the checkpoint ({} if unreadable or older)."""
+    step_meta = _read_json(os.path.join(self.path, '_CHECKPOINT_METADATA')) or {}
+    return step_meta.get('custom_metadata') or {}
+
+  def val_acc(self) -> float | None:
+    """A best save's meta-val accuracy (older versions: Orbax's metrics item)."""
+    if 'val_acc' in self.meta:
+      return float(self.meta['val_acc'])
+    legacy = _read_json(os.path.join(self.path, 'metrics', 'metrics')) or {}
+    return float(legacy['val_acc']) if 'val_acc' in legacy else None
 
 
 def _inspect(path: str, step: int) -> _Step:
   manifest_path = os.path.join(path, MANIFEST)
   if not os.path.exists(manifest_path):
-    return _Step(step, path, None)
-  try:
-    with open(manifest_path) as f:
-      manifest = json.load(f)
-    expected = manifest['files']
-  except (OSError, ValueError, KeyError, TypeError) as e:
-    return _Step(step, path, None, f'its manifest is unreadable ({_short(e)})')
+    return _Step(step, path)
+  manifest = _read_json(manifest_path)
+  if manifest is None or not isinstance(manifest.get('files'), dict):
+    return _Step(step, path, 'its manifest is unreadable')
   found = _files(path)
-  for rel, size in sorted(expected.items()):
+  for rel, size in sorted(manifest['files'].items()):
     if rel not in found:
-      return _Step(step, path, manifest, f'{rel} is missing')
+      return _Step(step, path, f'{rel} is missing')
     if found[rel] != size:
-      return _Step(step, path, manifest, f'{rel} has {found[rel]} bytes, {size} were written')
-  return _Step(step, path, manifest)
-
-
-def _legacy_val_acc(path: str) -> float | None:
-  """Meta-val accuracy of a best save written before manifests (Orbax's metrics item)."""
-  try:
-    with open(os.path.join(path, 'metrics', 'metrics')) as f:
-      return float(json.load(f)['val_acc'])
-  except (OSError, ValueError, KeyError, TypeError):
-    return None
+      return _Step(step, path, f'{rel} has {found[rel]} bytes, {size} were written')
+  return _Step(step, path)
 
 
 class _Folder:
   """One Orbax manager and what this module knows about its step folders."""
 
-  def __init__(self, root: str, name: str, keep: int, read_only: bool):
+  def __init__(self, root: str, name: str, read_only: bool):
     self.name, self.read_only = name, read_only
     self.directory = os.path.join(root, name)
     self._damaged_root = os.path.join(root, 'damaged')
+    self.set_aside_log: list[str] = []
     self._options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, enable_async_checkpointing=False, read_only=read_only,
+        max_to_keep=None, enable_async_checkpointing=False, read_only=read_only,
         create=not read_only, cleanup_tmp_directories=not read_only)
     self.manager = ocp.CheckpointManager(self.directory, options=self._options)
     self.steps: dict[int, _Step] = {}
-    self.refresh()
-
-  def reopen(self) -> None:
-    """A fresh manager: a failed restore can leave Orbax's guess of the item layout
-    (taken from the unreadable folder) behind, which would fail the next one too."""
-    self.manager.close()
-    self.manager = ocp.CheckpointManager(self.directory, options=self._options)
-
-  def refresh(self) -> None:
-    self.manager.reload()
-    self.steps = {}
     for step in self.manager.all_steps():
       info = _inspect(os.path.join(self.directory, str(step)), step)
       if info.problem:
@@ -132,11 +139,19 @@ class _Folder:
       else:
         self.steps[step] = info
 
+  def reopen(self) -> None:
+    """A fresh manager: a failed restore can leave Orbax's guess of the item layout
+    (taken from the unreadable folder) behind, which would fail the next one too."""
+    self.manager.close()
+    self.manager = ocp.CheckpointManager(self.directory, options=self._options)
+
   def set_aside(self, info: _Step) -> None:
     """Warns about a damaged step folder; a writable folder moves it to checkpoints/damaged/."""
-    where = os.path.join(self.name, str(info.step))
+    where = f'{self.name}/{info.step}'
+    self.steps.pop(info.step, None)
+    self.set_aside_log.append(f'{where} ({info.problem})')
     if self.read_only:
-      logging.warning('Checkpoint %s is damaged (%s); it is skipped.', info.path, info.problem)
+      logging.warning('Checkpoint %s is damaged (%s); it is skipped.', where, info.problem)
       return
     os.makedirs(self._damaged_root, exist_ok=True)
     dest = os.path.join(self._damaged_root, f'{self.name}-{info.step}')
@@ -149,25 +164,32 @@ class _Folder:
                     info.problem, dest)
     self.manager.reload()
 
-  def latest(self) -> int | None:
+  def newest(self) -> int | None:
     return max(self.steps) if self.steps else None
 
-  def save(self, step: int, state: Any, extra: dict | None = None) -> bool:
+  def save(self, step: int, state: Any, meta: dict) -> bool:
     if step in self.manager.all_steps():
       return False  # already saved by the run this one resumes: the same state
-    self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
+    self.manager.save(step, args=ocp.args.StandardSave(state), force=True,
+                      custom_metadata=meta)
     path = os.path.join(self.directory, str(step))
-    manifest = {'step': step, 'files': _files(path), **(extra or {})}
     if jax.process_index() == 0:
+      manifest = {'step': step, 'files': _files(path)}
       tmp = os.path.join(path, MANIFEST + '.tmp')
       with open(tmp, 'w') as f:
         json.dump(manifest, f)
       os.replace(tmp, os.path.join(path, MANIFEST))
-    self.manager.reload()  # Orbax may have deleted old steps (max_to_keep)
-    kept = set(self.manager.all_steps())
-    self.steps = {s: i for s, i in self.steps.items() if s in kept}
-    self.steps[step] = _Step(step, path, manifest)
+    self.steps[step] = _Step(step, path)
     return True
+
+  def delete(self, step: int) -> None:
+    """Removes a save; a kill mid-way leaves a temporary folder, removed on reopening."""
+    info = self.steps.pop(step)
+    if jax.process_index() == 0 and os.path.exists(info.path):
+      doomed = f'{info.path}{_DELETING}{time.time_ns()}'
+      os.rename(info.path, doomed)
+      shutil.rmtree(doomed)
+    self.manager.reload()
 
   def restore(self, step: int, target: Any) -> Any:
     return self.manager.restore(step, args=ocp.args.StandardRestore(_abstract(target)))
@@ -176,11 +198,21 @@ class _Folder:
     self.manager.close()
 
 
+def _param_shapes(tree: Any, prefix: str) -> dict[tuple, tuple]:
+  """{key path: shape} of the leaves under attribute/key `prefix` of a state pytree."""
+  out = {}
+  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+    keys = tuple(getattr(k, 'name', getattr(k, 'key', getattr(k, 'idx', None))) for k in path)
+    if keys and keys[0] == prefix:
+      out[tuple(map(str, keys))] = tuple(np.shape(leaf))
+  return out
+
+
 class Checkpoints:
   """The latest/best checkpoints of one workdir.
 
   `read_only=True` (evaluation) never writes: damaged folders are skipped
-  with a warning instead of being moved.
+  with a warning instead of being moved, and nothing is rolled back.
   """
 
   def __init__(self, workdir: str, keep: int = 2, read_only: bool = False):
@@ -189,39 +221,111 @@ class Checkpoints:
     if read_only and not os.path.isdir(self.root):
       raise CheckpointError(f'{workdir} has no checkpoints/ folder: no meta-training step was '
                             'saved there.')
-    self._latest = _Folder(self.root, 'latest', keep, read_only)
-    self._best = _Folder(self.root, 'best', _BEST_KEEP, read_only)
+    self.keep = keep
+    self._latest = _Folder(self.root, 'latest', read_only)
+    self._best = _Folder(self.root, 'best', read_only)
+    self._running_best: tuple[int, float] | None = self._best_of(self._best.steps)
+
+  @property
+  def damaged(self) -> list[str]:
+    """'folder/step (why)' of every damaged save found so far."""
+    return self._latest.set_aside_log + self._best.set_aside_log
+
+  def _best_of(self, steps) -> tuple[int, float] | None:
+    """The highest-accuracy save among `steps` of best/ (ties: the later step)."""
+    scored = [(acc, s) for s in steps if (acc := self._best.steps[s].val_acc()) is not None]
+    return (max(scored)[1], max(scored)[0]) if scored else None
 
   def latest_step(self) -> int | None:
-    return self._latest.latest()
+    return self._latest.newest()
 
   def best_step(self) -> int | None:
-    return self._best.latest()
+    best = self._best_of(self._best.steps)
+    return None if best is None else best[0]
 
   def best_val_acc(self, step: int | None = None) -> float | None:
-    """Meta-val accuracy of best save `step` (default: the newest)."""
+    """Meta-val accuracy of best save `step` (default: the best)."""
     step = self.best_step() if step is None else step
-    if step is None or step not in self._best.steps:
-      return None
-    info = self._best.steps[step]
-    if info.manifest is not None and 'val_acc' in info.manifest:
-      return float(info.manifest['val_acc'])
-    return _legacy_val_acc(info.path)
+    return None if step not in self._best.steps else self._best.steps[step].val_acc()
+
+  def resume(self, step: int | None) -> None:
+    """Prepares to continue a run restored at latest `step` (None: from scratch): best
+    saves after it are removed (the run recomputes those steps, maybe with changed
+    settings) and the best so far is the one recorded with that checkpoint."""
+    step = step or 0
+    for s in sorted(self._best.steps):
+      if s > step:
+        logging.info('Removing best/%d, made after the latest checkpoint (step %d): its step '
+                     'is recomputed.', s, step)
+        self._best.delete(s)
+    meta = self._latest.steps[step].meta if step in self._latest.steps else {}
+    recorded = meta.get('best_step')
+    if 'best_step' in meta and (recorded is None or recorded in self._best.steps):
+      self._running_best = None if recorded is None else (int(recorded),
+                                                          float(meta['best_val_acc']))
+      return
+    if recorded is not None:
+      logging.warning('best/%s, the best when latest/%d was saved, is gone; the best is '
+                      'chosen among the best saves left.', recorded, step)
+    self._running_best = self._best_of(self._best.steps)  # (older saves record nothing)
 
   def save_latest(self, step: int, state: Any) -> bool:
-    """Saves `state` as latest `step`; False if that step was already saved."""
-    return self._latest.save(step, state)
+    """Saves `state` as latest `step` (False if already saved), then drops old saves."""
+    best = self._running_best
+    saved = self._latest.save(step, state, {'best_step': None if best is None else best[0],
+                                            'best_val_acc': None if best is None else best[1]})
+    for s in sorted(self._latest.steps)[:-self.keep]:
+      self._latest.delete(s)
+    self._drop_old_bests()
+    return saved
 
   def save_best(self, step: int, state: Any, val_acc: float) -> bool:
-    """Keeps `state` as best if `val_acc` is at least the best so far; True if it is the
-    best (saved now or by the run this one resumes)."""
-    if step in self._best.steps:
-      return True
-    best = self.best_val_acc()
-    if best is not None and val_acc < best:
+    """Keeps `state` as best if `val_acc` is at least the best so far; True if it is."""
+    if self._running_best is not None and val_acc < self._running_best[1]:
       return False
     self._best.save(step, state, {'val_acc': float(val_acc)})
+    self._running_best = (step, float(val_acc))
+    self._drop_old_bests()
     return True
+
+  def _drop_old_bests(self) -> None:
+    # Kept: the newest two (the best and its fallback) and the best the newest latest
+    # save recorded, which a resume from it falls back to.
+    keep = set(sorted(self._best.steps)[-_BEST_KEEP:])
+    newest = self._latest.newest()
+    if newest is not None:
+      keep.add(self._latest.steps[newest].meta.get('best_step'))
+    for s in sorted(self._best.steps):
+      if s not in keep:
+        self._best.delete(s)
+
+  def check_matches(self, target: Any) -> None:
+    """Raises CheckpointError (one line) if the newest save's parameters differ in shape
+    from `target`'s, e.g. weights of another architecture; before any restore."""
+    for folder in (self._latest, self._best):
+      if not folder.steps:
+        continue
+      step = folder.newest()
+      meta = _read_json(os.path.join(folder.directory, str(step), 'default', '_METADATA'))
+      if meta is None or not isinstance(meta.get('tree_metadata'), dict):
+        continue  # unreadable: restore() reports it
+      saved = {}
+      for key, value in meta['tree_metadata'].items():
+        try:
+          path = tuple(map(str, ast.literal_eval(key)))
+        except (ValueError, SyntaxError):
+          continue
+        if path and path[0] == 'params':
+          saved[path] = tuple((value.get('value_metadata') or {}).get('write_shape') or ())
+      wanted = _param_shapes(target, 'params')
+      for path in sorted(saved.keys() | wanted.keys()):
+        if saved.get(path) != wanted.get(path):
+          raise CheckpointError(
+              f'The checkpoint {folder.name}/{step} does not fit this config: parameter '
+              f'{"/".join(path[1:])} is {saved.get(path, "absent")} there and '
+              f'{wanted.get(path, "absent")} here. Use the config (and weight directories of '
+              'the same architecture) the run was made with.')
+      return
 
   def resolve(self, which: str) -> tuple[str, int]:
     """'latest' | 'best' | 'STEP' -> (folder name, step) of the newest usable save."""
@@ -250,8 +354,13 @@ class Checkpoints:
     """
     name, step = self.resolve(which)
     folder = self._latest if name == 'latest' else self._best
-    candidates = (sorted((s for s in folder.steps if s <= step), reverse=True)
-                  if which in ('latest', 'best') else [step])
+    if which == 'best':  # the best, then the others from the highest accuracy down
+      candidates = sorted(folder.steps, key=lambda s: (folder.steps[s].val_acc() or -1.0, s),
+                          reverse=True)
+    elif which == 'latest':
+      candidates = sorted(folder.steps, reverse=True)
+    else:
+      candidates = [step]
     failures = []
     for s in candidates:
       try:
@@ -264,9 +373,8 @@ class Checkpoints:
         continue
       # A newer save that failed while this older one reads is damaged, not mismatched.
       for bad, error in failures:
-        folder.set_aside(_Step(bad, os.path.join(folder.directory, str(bad)), None,
+        folder.set_aside(_Step(bad, os.path.join(folder.directory, str(bad)),
                                f'unreadable: {_short(error, 100)}'))
-        folder.steps.pop(bad, None)
       if failures:
         logging.warning('Using checkpoint %s/%d instead.', folder.name, s)
       return state, s

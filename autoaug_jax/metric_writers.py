@@ -28,56 +28,78 @@ class MetricWriter:
 
   def __init__(self, workdir: str, tensorboard: bool = True, resume_step: int | None = None):
     self._path = os.path.join(workdir, 'metrics.jsonl')
+    self._tb_dir = os.path.join(workdir, 'tensorboard') if tensorboard else None
     self._truncate_after(resume_step)
     self._tb = None
-    if tensorboard:
+    self._purge_step = 0 if resume_step is None else resume_step + 1
+
+  def _tensorboard(self):
+    if self._tb is None and self._tb_dir is not None:
       from tensorboardX import SummaryWriter  # heavy import, only when writing
-      self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'), flush_secs=30,
-                               purge_step=0 if resume_step is None else resume_step + 1)
+      self._tb = SummaryWriter(self._tb_dir, flush_secs=30, purge_step=self._purge_step)
+      self._purge_step = None  # hide the dead run's events once, in the first file
+    return self._tb
 
   def _truncate_after(self, step: int | None) -> None:
     if not os.path.exists(self._path):
       return
-    kept, dropped = [], 0
+    kept, rewrite = [], False
     with open(self._path) as f:
       for line in f:
         try:
           record = json.loads(line)
         except ValueError:  # a line torn by a kill mid-write
-          dropped += 1
+          rewrite = True
           continue
         if step is not None and record.get('step', 0) <= step:
           kept.append(line if line.endswith('\n') else line + '\n')
+          rewrite |= not line.endswith('\n')
         else:
-          dropped += 1
-    if dropped:
+          rewrite = True
+    if rewrite:
       tmp = self._path + '.tmp'
       with open(tmp, 'w') as f:
         f.writelines(kept)
       os.replace(tmp, self._path)
 
-  def has(self, key: str) -> bool:
-    """Whether metrics.jsonl already holds `key` (at any step)."""
+  def has(self, step: int, key: str) -> bool:
+    """Whether metrics.jsonl holds `key` at `step`."""
     if not os.path.exists(self._path):
       return False
     with open(self._path) as f:
-      return any(key in json.loads(line) for line in f)
+      for line in f:
+        try:
+          record = json.loads(line)
+        except ValueError:
+          continue
+        if record.get('step') == step and key in record:
+          return True
+    return False
+
+  def sync(self) -> None:
+    """Puts everything written so far on disk (before a checkpoint: a resumed run does
+    not rewrite what came before it). tensorboardX's flush leaves its queue in memory,
+    so its file is closed; the next write opens a new one."""
+    if self._tb is not None:
+      self._tb.close()
+      self._tb = None
 
   def write_scalars(self, step: int, scalars: dict[str, float]) -> None:
     with open(self._path, 'a') as f:
       f.write(json.dumps({'step': int(step), **{k: float(v) for k, v in scalars.items()}}) + '\n')
-    if self._tb is not None:
+    tb = self._tensorboard()
+    if tb is not None:
       for name, value in scalars.items():
-        self._tb.add_scalar(name, float(value), int(step))
+        tb.add_scalar(name, float(value), int(step))
 
   def write_image(self, step: int, name: str, image: np.ndarray) -> None:
     """image: [H, W, 3] uint8."""
-    if self._tb is not None:
-      self._tb.add_image(name, image, int(step), dataformats='HWC')
+    tb = self._tensorboard()
+    if tb is not None:
+      tb.add_image(name, image, int(step), dataformats='HWC')
 
   def close(self) -> None:
-    if self._tb is not None:
-      self._tb.close()
+    self.sync()
 
 
 # Orbax warns that read-only managers (evaluation) neither save nor delete.

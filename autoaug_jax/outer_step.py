@@ -164,10 +164,14 @@ def batched_outcomes(aug_params: Params, split: DeviceSplit, stream_key: jax.Arr
 
 def make_optimizer(outer_config, augmenter: Augmenter,
                    params: Params) -> optax.GradientTransformation:
-  """Adam or SGD with global-norm clipping; frozen leaves get exactly zero update."""
+  """Adam or SGD with global-norm clipping; frozen leaves get exactly zero update.
+
+  Clipping off is an identity in the same chain, so that the optimiser state has one
+  layout whatever `grad_clip` is and a run can resume with clipping turned on or off.
+  """
   opt = {'adam': optax.adam, 'sgd': optax.sgd}[outer_config.optimizer](outer_config.lr)
-  if outer_config.grad_clip > 0:
-    opt = optax.chain(optax.clip_by_global_norm(outer_config.grad_clip), opt)
+  clip = outer_config.grad_clip
+  opt = optax.chain(optax.clip_by_global_norm(clip) if clip > 0 else optax.identity(), opt)
   labels = jax.tree.map(lambda t: 'train' if t else 'freeze', augmenter.trainable_mask(params))
   return optax.multi_transform({'train': opt, 'freeze': optax.set_to_zero()}, labels)
 

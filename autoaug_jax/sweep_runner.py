@@ -64,7 +64,10 @@ def find_twin(run: sweeps.Run, root: str) -> str | None:
   target = json.loads(run.config.to_json())
   for path in sorted(glob.glob(os.path.join(glob.escape(root), '*', '*', 'seed*', DONE_FILE))):
     workdir = os.path.dirname(path)
-    if os.path.abspath(workdir) != os.path.abspath(run.workdir) and _holds(workdir, target):
+    # A run that resumed with a changed learning rate holds the new one in config.json
+    # but was partly trained with the old: not a twin of a run trained with the new.
+    if (os.path.abspath(workdir) != os.path.abspath(run.workdir) and _holds(workdir, target)
+        and not workdir_lib.read_changes(workdir)):
       return workdir
   return None
 

@@ -25,6 +25,7 @@ run killed after its last checkpoint redoes only the final evaluation.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import platform
@@ -182,18 +183,20 @@ def run_evaluation(config, params, run: outer_step.MetaSetup, out_dir: str, *,
   return rows
 
 
-def _check_finite(metrics: dict[str, float], step: int, ckpts: Checkpoints) -> None:
+def _check_finite(metrics: dict[str, float], step: int, ckpts: Checkpoints,
+                  grad_clip: float) -> None:
   bad = non_finite(metrics)
   if bad:
     last = ckpts.latest_step()
     where = (f'the last good checkpoint is step {last}' if last is not None else
              'no checkpoint was saved yet, so the rerun starts from scratch')
+    clip = (f'a smaller --config.outer.grad_clip (now {grad_clip})' if grad_clip > 0 else
+            'gradient clipping, e.g. --config.outer.grad_clip=1.0')
     raise NonFiniteLossError(
         f'Non-finite {", ".join(bad)} at meta-step {step}; nothing was saved from this step '
         f'({where}). Rerun the same command and --workdir with a lower --config.outer.lr or '
-        '--config.inner.lr, or a smaller --config.outer.grad_clip: the run resumes from that '
-        'checkpoint and the change is recorded in config_changes.jsonl, metrics.jsonl and the '
-        'report.')
+        f'--config.inner.lr, or {clip}: the run resumes from that checkpoint and the change '
+        'is recorded in config_changes.jsonl, metrics.jsonl and the report.')
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list:
@@ -218,8 +221,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list:
   ckpts = Checkpoints(workdir, keep=config.keep_checkpoints)
   resumed = None
   if ckpts.latest_step() is not None:
+    ckpts.check_matches(state)  # weights of another architecture: one line, not a restore
     state, resumed = ckpts.restore('latest', state)
     logging.info('Resumed from %s at step %d.', workdir, resumed)
+  elif ckpts.damaged:
+    raise CheckpointError(
+        f'No usable checkpoint in {ckpts.root}: {"; ".join(ckpts.damaged)}, moved to '
+        'checkpoints/damaged/. To start this run again from scratch, use a new --workdir (or '
+        'move this one aside).')
+  ckpts.resume(resumed)
   step = int(state.step)
   if changes:
     if trainable and step >= config.num_meta_steps:
@@ -230,10 +240,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list:
     workdir_lib.record_changes(workdir, step, changes)
     logging.warning('Resuming at meta-step %d with %s.', step, '; '.join(
         f'{k} {old!r} -> {new!r}' for k, old, new in changes))
-  workdir_lib.write_config(workdir, config)
   writer = MetricWriter(workdir, resume_step=resumed)
-  if changes:
-    writer.write_scalars(step, {f'config/{k}': new for k, _, new in changes})
+  for change in workdir_lib.read_changes(workdir):
+    # Also when a kill came between recording a change and logging it.
+    key = f'config/{change["key"]}'
+    if change['step'] == step and not writer.has(step, key):
+      writer.write_scalars(step, {key: change['new']})
+  workdir_lib.write_config(workdir, config)
 
   if not trainable:
     logging.info('augmenter %r has nothing to train (frozen or parameter-free); evaluating only.',
@@ -303,7 +316,7 @@ def _meta_train(config, state, splits, run: outer_step.MetaSetup, consts, mesh, 
       writer.write_scalars(step, {'perf/compile_and_first_step_s': seconds})
       logging.info('step %d done: compile + first step took %.1fs', step, seconds)
       compile_start = None
-    _check_finite(metrics, step, ckpts)
+    _check_finite(metrics, step, ckpts, config.outer.grad_clip)
     last = step == config.num_meta_steps
     # Everything of step s is written before its latest checkpoint (module docstring).
     if step % config.log_every == 0 or last or step == 1:
@@ -312,6 +325,7 @@ def _meta_train(config, state, splits, run: outer_step.MetaSetup, consts, mesh, 
     if val is not None and (step % config.eval.val_every == 0 or last):
       _meta_validate(config, state, step, val, run, consts, mesh, ckpts, writer)
     if step % config.checkpoint_every == 0 or last:
+      writer.sync()
       ckpts.save_latest(step, state)
 
 
@@ -341,7 +355,7 @@ def evaluate_checkpoint(workdir: str, checkpoint: str = '', out_dir: str = '',
   Args:
     workdir: a training run's directory.
     checkpoint: 'best', 'latest' or a step number; '' = 'best' if the run
-      validated, else 'latest'.
+      has one, else 'latest'.
     out_dir: where the report goes; '' = WORKDIR/eval_<checkpoint>_step<N>[__overrides].
     overrides: dotted config keys to change for this evaluation (test tasks,
       data, inner loop, device layout, weight directories; see
@@ -352,8 +366,10 @@ def evaluate_checkpoint(workdir: str, checkpoint: str = '', out_dir: str = '',
   """
   quiet_library_logs()
   config = workdir_lib.load_workdir_config(workdir)
+  trained_with = workdir_lib.load_workdir_config(workdir)
   changed = workdir_lib.apply_eval_overrides(config, overrides or {})
   validate(config)
+  _check_same_classifier(trained_with, config)
   mesh = sharding.mesh_from_config(config)
   test_split = to_device(load_splits(config, ('test',)), mesh)['test']  # data errors first
   run = outer_step.setup(config)
@@ -365,19 +381,30 @@ def evaluate_checkpoint(workdir: str, checkpoint: str = '', out_dir: str = '',
     if not which:
       which = 'best' if ckpts.best_step() is not None else 'latest'
       if which == 'latest':
-        logging.info('%s has no best checkpoint (trained without meta-validation); '
+        logging.info('%s has no best checkpoint (no meta-validation ran, or none is readable); '
                      'evaluating the latest.', workdir)
-    state, step = ckpts.restore(which, run.init_state(mesh))
+    target = run.init_state(mesh)
+    ckpts.check_matches(target)
+    state, step = ckpts.restore(which, target)
     params = state.params
     name = ckpts.resolve(str(step))[0] if which not in ('best', 'latest') else which
     label = f'{name} (step {step}'
-    if name == 'best':
+    if name == 'best' and ckpts.best_val_acc(step) is not None:
       label += f', meta-val accuracy {ckpts.best_val_acc(step):.4f}'
     label += ')'
     ckpts.close()
-  out_dir = out_dir or os.path.join(workdir, workdir_lib.eval_dirname(which, step, changed))
-  settings = {'checkpoint': label, 'overrides': {k: new for k, (_, new) in changed.items()}}
-  _claim_eval_dir(out_dir, settings)
+  settings = {'checkpoint': label, 'overrides': {k: new for k, (_, new) in changed.items()},
+              'config_sha1': hashlib.sha1(config.to_json().encode()).hexdigest()}
+  if out_dir:
+    _claim_eval_dir(out_dir, settings)
+  else:
+    name = workdir_lib.eval_dirname(which, step, changed)
+    out_dir = os.path.join(workdir, name)
+    if not _claim_eval_dir(out_dir, settings, refuse=False):
+      # The same name for other settings (the run's config.json changed since, or two
+      # values that read alike in a folder name): a folder of its own.
+      out_dir = os.path.join(workdir, f'{name}__{settings["config_sha1"][:8]}')
+      _claim_eval_dir(out_dir, settings)
   extra = {}
   if changed:
     extra['evaluation overrides'] = '; '.join(f'{k} {old!r} -> {new!r}'
@@ -389,15 +416,41 @@ def evaluate_checkpoint(workdir: str, checkpoint: str = '', out_dir: str = '',
                         test_split=test_split, extra_header=extra)
 
 
-def _claim_eval_dir(out_dir: str, settings: dict) -> None:
-  """Marks `out_dir` as this evaluation's; refuses one holding another evaluation's results."""
-  path = os.path.join(out_dir, 'eval_settings.json')
-  if os.path.exists(path):
-    with open(path) as f:
-      old = json.load(f)
-    if old != json.loads(json.dumps(settings)):
-      raise WorkdirError(f'{out_dir} holds the results of another evaluation ({old}); '
-                         'choose another --out_dir, or leave it empty for a folder of its own.')
+def _check_same_classifier(trained_with, config) -> None:
+  """A pre-trained classifier's weights are not in the checkpoint: refuses a weights
+  directory of another architecture than the run's (when the run's is still there)."""
+  old, new = trained_with.classifier.weights, config.classifier.weights
+  if config.classifier.name != 'resnet50' or old == new:
     return
-  os.makedirs(out_dir, exist_ok=True)
-  workdir_lib.write_json_atomic(path, settings)
+  from autoaug_jax import resnet  # transformers' config reader, only for this case
+  if old and not os.path.isdir(os.path.expanduser(old)):
+    logging.warning('classifier.weights of the run (%s) is gone; its architecture cannot be '
+                    'compared with %s.', old, new)
+    return
+  if resnet.architecture(old) != resnet.architecture(new):
+    raise ConfigError(
+        f'--config.classifier.weights={new} holds another ResNet architecture than the one '
+        f'the run was trained with ({old or "random ResNet-50"}); point it to the same '
+        'architecture (e.g. the moved directory).')
+
+
+def _claim_eval_dir(out_dir: str, settings: dict, refuse: bool = True) -> bool:
+  """Marks `out_dir` as this evaluation's. False (or, with `refuse`, WorkdirError) if it
+  holds another evaluation's results."""
+  path = os.path.join(out_dir, 'eval_settings.json')
+  try:
+    if os.path.exists(path):
+      with open(path) as f:
+        old = json.load(f)
+      if old == json.loads(json.dumps(settings)):
+        return True
+      if not refuse:
+        return False
+      raise WorkdirError(f'{out_dir} holds the results of another evaluation; choose another '
+                         '--out_dir, or leave it empty for a folder of its own.')
+    os.makedirs(out_dir, exist_ok=True)
+    workdir_lib.write_json_atomic(path, settings)
+  except (OSError, ValueError) as e:
+    raise WorkdirError(f'Cannot write the evaluation to {out_dir} ({e}); pass --out_dir=DIR '
+                       'somewhere you can write.') from e
+  return True

@@ -158,7 +158,11 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict
   except OSError as e:
     raise WorkdirError(f'Cannot write to --workdir={workdir} ({e.strerror or e}); '
                        'choose a directory you can write to.') from e
-  return config_changes(workdir, config)
+  changes = config_changes(workdir, config)
+  for name in os.listdir(workdir):  # left by a kill inside an atomic write
+    if re.search(r'\.tmp(-\d+(\.npz)?)?$', name) and os.path.isfile(os.path.join(workdir, name)):
+      os.remove(os.path.join(workdir, name))
+  return changes
 
 
 def write_json_atomic(path: str, value: Any) -> None:
@@ -173,10 +177,23 @@ def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
 
 
 def record_changes(workdir: str, step: int, changes: list[tuple[str, Any, Any]]) -> None:
-  """Appends recovery-key changes, effective from meta-step `step`, to config_changes.jsonl."""
-  with open(os.path.join(workdir, CHANGES_FILE), 'a') as f:
-    for key, old, new in changes:
-      f.write(json.dumps({'step': int(step), 'key': key, 'old': old, 'new': new}) + '\n')
+  """Appends recovery-key changes, effective from meta-step `step`, to config_changes.jsonl
+  (once: a rerun after a kill that came before config.json was rewritten finds the same
+  change again)."""
+  path = os.path.join(workdir, CHANGES_FILE)
+  known = read_changes(workdir)
+  entries = [e for key, old, new in changes
+             if (e := {'step': int(step), 'key': key, 'old': old, 'new': new}) not in known]
+  if not entries:
+    return
+  torn = False
+  if os.path.exists(path) and os.path.getsize(path):
+    with open(path, 'rb') as f:
+      f.seek(-1, os.SEEK_END)
+      torn = f.read(1) != b'\n'
+  with open(path, 'a') as f:
+    f.write('\n' if torn else '')
+    f.writelines(json.dumps(e) + '\n' for e in entries)
     f.flush()
     os.fsync(f.fileno())
 

@@ -14,6 +14,10 @@ points, each a moment the orchestrator's write order must survive:
                first of the two (whichever the orchestrator makes first)
   orbax_write  inside Orbax's save of STEP's latest checkpoint: every file
                written to the temporary folder, not yet renamed into place
+  before_manifest  after Orbax renamed STEP's latest checkpoint into place,
+               before its manifest is written
+  deleting     inside the deletion of latest checkpoint STEP (an old one,
+               dropped after a newer save): renamed, not yet removed
   evaluation   inside the final evaluation, its second method running
   report       while the report is written: deltas.png written, the rest not
 """
@@ -21,6 +25,7 @@ points, each a moment the orchestrator's write order must survive:
 import os
 import signal
 import sys
+import types
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -35,7 +40,7 @@ def _die():
 def install(point: str, step: int) -> None:
   from orbax.checkpoint._src.path import atomicity
 
-  from autoaug_jax import evaluation, outer_step, report, train
+  from autoaug_jax import checkpointing, evaluation, outer_step, report, train
   from autoaug_jax.checkpointing import Checkpoints
 
   flag = {'kill_next_eval': False, 'final_evals': 0}
@@ -124,6 +129,27 @@ def install(point: str, step: int) -> None:
         _die()
       return await real_finalize(self, *args, **kwargs)
     atomicity.AtomicRenameTemporaryPath.finalize = finalize
+
+  if point == 'before_manifest':
+    real_files = checkpointing._files
+
+    def files(folder):
+      # Called for the manifest of a fresh save (none there yet), not to check an old one.
+      if (folder.endswith(os.path.join('latest', str(step)))
+          and not os.path.exists(os.path.join(folder, checkpointing.MANIFEST))):
+        _die()
+      return real_files(folder)
+    checkpointing._files = files
+
+  if point == 'deleting':
+    real_rmtree = checkpointing.shutil.rmtree
+
+    def rmtree(path, *args, **kwargs):
+      name = os.path.basename(path)
+      if os.path.basename(os.path.dirname(path)) == 'latest' and name.startswith(f'{step}.'):
+        _die()
+      return real_rmtree(path, *args, **kwargs)
+    checkpointing.shutil = types.SimpleNamespace(rmtree=rmtree)
 
   if point == 'report':
     def save_grid_figure(*args, **kwargs):

@@ -12,8 +12,9 @@ import pytest
 from autoaug_jax.checkpointing import MANIFEST, CheckpointError, Checkpoints
 
 
-def _state(value: float):
-  return {'w': jnp.full((3, 4), value, jnp.float32), 'step': jnp.asarray(int(value), jnp.int32)}
+def _state(value: float, shape=(3, 4)):
+  return {'params': {'w': jnp.full(shape, value, jnp.float32)},
+          'step': jnp.asarray(int(value), jnp.int32)}
 
 
 def _saved(workdir, steps=(2, 4), best=((2, 0.5), (4, 0.6))):
@@ -30,7 +31,7 @@ def _restored(workdir, which, read_only=True):
   ckpts = Checkpoints(str(workdir), read_only=read_only)
   state, step = ckpts.restore(which, _state(0.0))
   ckpts.close()
-  return float(state['w'][0, 0]), step
+  return float(state['params']['w'][0, 0]), step
 
 
 def test_saves_are_idempotent_and_best_keeps_ties_for_the_later_step(tmp_path):
@@ -94,7 +95,7 @@ def test_checkpoint_without_manifest_that_orbax_cannot_read_falls_back(tmp_path,
   shutil.rmtree(root / 'latest' / '4' / 'default')
   ckpts = Checkpoints(str(tmp_path), keep=2)
   state, step = ckpts.restore('latest', _state(0.0))
-  assert step == 2 and float(state['w'][0, 0]) == 2.0
+  assert step == 2 and float(state['params']['w'][0, 0]) == 2.0
   assert any('latest/4 cannot be read' in r.getMessage() for r in caplog.records)
   assert (root / 'damaged' / 'latest-4').is_dir() and ckpts.latest_step() == 2
   ckpts.close()
@@ -139,5 +140,65 @@ def test_best_checkpoint_of_the_previous_version_is_read(tmp_path):
   ckpts = Checkpoints(str(tmp_path), read_only=True)
   assert ckpts.best_step() == 5 and ckpts.best_val_acc() == 0.625
   state, step = ckpts.restore('best', _state(0.0))
-  np.testing.assert_array_equal(state['w'], np.full((3, 4), 5.0))
+  np.testing.assert_array_equal(state['params']['w'], np.full((3, 4), 5.0))
+  ckpts.close()
+
+
+def test_resume_drops_bests_made_after_the_latest_checkpoint(tmp_path):
+  """A run killed after best/10 (latest 8) recomputes step 10, perhaps with a lower
+  learning rate after a NaN: the old best/10 must not stand in for the new one, and the
+  best so far is the one latest/8 knew."""
+  ckpts = Checkpoints(str(tmp_path), keep=2)
+  ckpts.save_latest(4, _state(4))
+  assert ckpts.save_best(5, _state(5), 0.5)
+  ckpts.save_latest(8, _state(8))
+  assert ckpts.save_best(10, _state(10), 0.7)
+  ckpts.close()
+  ckpts = Checkpoints(str(tmp_path), keep=2)
+  ckpts.resume(8)
+  assert sorted(os.listdir(tmp_path / 'checkpoints' / 'best')) == ['5']
+  assert not ckpts.save_best(10, _state(10.5), 0.45)  # below best/5, recorded with latest/8
+  assert ckpts.save_best(10, _state(10.5), 0.55)
+  assert ckpts.best_step() == 10 and ckpts.best_val_acc() == 0.55
+  ckpts.save_latest(12, _state(12))
+  ckpts.close()
+  assert _restored(tmp_path, 'best') == (10.5, 10)
+  assert sorted(os.listdir(tmp_path / 'checkpoints' / 'latest')) == ['12', '8']
+
+
+def test_the_best_a_latest_save_recorded_is_kept_for_its_resume(tmp_path):
+  ckpts = Checkpoints(str(tmp_path), keep=2)
+  ckpts.save_best(1, _state(1), 0.5)
+  ckpts.save_latest(2, _state(2))  # records best/1
+  ckpts.save_best(3, _state(3), 0.6)
+  ckpts.save_best(4, _state(4), 0.7)  # best/1 is not among the newest two, but latest/2 needs it
+  assert sorted(os.listdir(tmp_path / 'checkpoints' / 'best')) == ['1', '3', '4']
+  ckpts.save_latest(5, _state(5))  # records best/4: best/1 can go
+  assert sorted(os.listdir(tmp_path / 'checkpoints' / 'best')) == ['3', '4']
+  ckpts.close()
+
+
+def test_weights_of_another_architecture_are_named_before_any_restore(tmp_path):
+  _saved(tmp_path)
+  ckpts = Checkpoints(str(tmp_path), read_only=True)
+  ckpts.check_matches(_state(0.0))
+  with pytest.raises(CheckpointError, match=r'checkpoint latest/4 does not fit this config: '
+                                            r'parameter w is \(3, 4\) there and \(3, 5\) here'):
+    ckpts.check_matches(_state(0.0, shape=(3, 5)))
+  ckpts.close()
+
+
+def test_no_usable_latest_and_an_interrupted_deletion(tmp_path):
+  root = _saved(tmp_path)
+  # A kill inside a deletion leaves Orbax's temporary form; the next opening removes it.
+  os.rename(root / 'latest' / '2', root / 'latest' / '2.orbax-checkpoint-tmp-deleting123')
+  ckpts = Checkpoints(str(tmp_path), keep=2)
+  assert ckpts.latest_step() == 4 and not (root / 'latest' / '2.orbax-checkpoint-tmp-deleting123'
+                                           ).exists()
+  ckpts.close()
+  with open(root / 'latest' / '4' / MANIFEST, 'w') as f:
+    f.write('{')
+  ckpts = Checkpoints(str(tmp_path), keep=2)
+  assert ckpts.latest_step() is None
+  assert ckpts.damaged == ['latest/4 (its manifest is unreadable)']
   ckpts.close()

@@ -1,7 +1,7 @@
 """A run killed anywhere resumes exactly; evaluation restores any run, with overrides.
 
 The fault-injection test runs the real entry point in subprocesses and kills
-one workdir with SIGKILL at six points in turn (tests/fault_injection.py), each
+one workdir with SIGKILL at nine points in turn (tests/fault_injection.py), each
 restart resuming the previous one, then compares the end result with an
 uninterrupted run: the same latest and best checkpoints bit for bit, the same
 metrics.jsonl, results.json and report. Checkpoint and validation intervals
@@ -31,7 +31,8 @@ ARGS = (f'--config={REPO}/configs/tiny.py', "--config.eval.methods=('none','lear
 # (point, step) in the order one workdir is killed at (tests/fault_injection.py); after
 # the validation kill, two of its checkpoints are also damaged (`_damage`).
 KILLS = (('meta_step', 3), ('after_best', 5), ('orbax_write', 8), ('validation', 10),
-         ('between_saves', 12), ('evaluation', 0), ('report', 0))
+         ('before_manifest', 8), ('between_saves', 12), ('deleting', 4), ('evaluation', 0),
+         ('report', 0))
 
 
 def _env(cache):
@@ -109,10 +110,16 @@ def test_a_run_killed_anywhere_resumes_exactly(tmp_path):
     if point == 'validation':
       assert sorted(os.listdir(killed / 'checkpoints' / 'latest')) == ['4', '8']
       _damage(killed)
-    if point == 'between_saves':  # the run after the damage
+    if point == 'before_manifest':  # the run after the damage
       assert 'Checkpoint latest/8 is damaged (default/d/' in out.stderr
       assert 'Checkpoint best/5 is damaged (default/d/' in out.stderr
       assert 'Resumed from' in out.stderr and 'at step 4.' in out.stderr
+      assert not (killed / 'checkpoints' / 'latest' / '8' / 'autoaug_manifest.json').exists()
+    if point == 'between_saves':  # latest/8 has no manifest: Orbax reads it
+      assert 'at step 8.' in out.stderr
+    if point == 'deleting':
+      assert any(n.startswith('4.orbax-checkpoint-tmp')
+                 for n in os.listdir(killed / 'checkpoints' / 'latest'))
   out = _run(killed, env)
   assert out.returncode == 0, out.stderr[-3000:]
   # Killed while reporting: the restart resumed at evaluation, without retraining.
@@ -138,8 +145,8 @@ def test_evaluate_restores_any_run_with_overrides(tiny_config, tmp_path, caplog,
   trained = _trained(tiny_config, workdir)
 
   train.evaluate_checkpoint(str(workdir))
-  assert 'has no best checkpoint (trained without meta-validation); evaluating the latest' in (
-      caplog.text)
+  assert ('has no best checkpoint (no meta-validation ran, or none is readable); evaluating '
+          'the latest') in caplog.text
   plain = json.loads((workdir / 'eval_latest_step4' / 'results.json').read_text())
   assert plain['per_task_accuracy'] == trained['per_task_accuracy']
   assert plain['header']['checkpoint'] == 'latest (step 4)'
@@ -155,9 +162,14 @@ def test_evaluate_restores_any_run_with_overrides(tiny_config, tmp_path, caplog,
   assert '**evaluation overrides**: eval.num_tasks 4 -> 3; task.k_shot 2 -> 1' in (
       out / 'report.md').read_text()
   assert json.loads((workdir / 'eval_latest_step4' / 'results.json').read_text()) == plain
-  # An explicit --out_dir holding another evaluation's results is not overwritten.
+  # An explicit --out_dir holding another evaluation's results is not overwritten, and
+  # one that cannot be written is one line.
   with pytest.raises(train.WorkdirError, match='holds the results of another evaluation'):
     train.evaluate_checkpoint(str(workdir), out_dir=str(out))
+  (tmp_path / 'a_file').write_text('')
+  with pytest.raises(train.WorkdirError, match='Cannot write the evaluation to .*a_file/x.*'
+                                               'pass --out_dir=DIR'):
+    train.evaluate_checkpoint(str(workdir), out_dir=str(tmp_path / 'a_file' / 'x'))
 
   # Architecture changes are refused before anything is restored.
   monkeypatch.setattr(train, 'Checkpoints', None)  # any restore would now fail loudly

@@ -76,8 +76,10 @@ def test_main_then_evaluate_entry_points(tmp_path):
 
 def test_non_finite_loss_stops_and_its_advice_works(tiny_config, tmp_path, monkeypatch):
   config = _quick(tiny_config)
-  config.checkpoint_every = 1
-  config.eval.val_every = 0
+  # Validation at every step, checkpoints every 2: best/3 is saved after latest/2, before
+  # the NaN at step 4, and belongs to the trajectory the lower learning rate replaces.
+  config.checkpoint_every = 2
+  config.eval.val_every = 1
   from autoaug_jax import outer_step
   real = outer_step.MetaSetup.meta_step
 
@@ -86,14 +88,14 @@ def test_non_finite_loss_stops_and_its_advice_works(tiny_config, tmp_path, monke
 
     def wrapped(state, split, consts):
       state, metrics = step_fn(state, split, consts)
-      if int(state.step) == 3 and config.outer.lr == 1e-3:
+      if int(state.step) == 4 and config.outer.lr == 1e-3:
         metrics = dict(metrics, meta_loss=np.float32('nan'))
         state = state.replace(params=jax.tree.map(lambda p: p * np.nan, state.params))
       return state, metrics
     return wrapped
 
   monkeypatch.setattr(outer_step.MetaSetup, 'meta_step', poisoned)
-  with pytest.raises(train.NonFiniteLossError, match='Non-finite meta_loss at meta-step 3.*'
+  with pytest.raises(train.NonFiniteLossError, match='Non-finite meta_loss at meta-step 4.*'
                                                      r'last good checkpoint is step 2.*'
                                                      r'lower --config.outer.lr') as error:
     train.train_and_evaluate(config, str(tmp_path))
@@ -101,6 +103,7 @@ def test_non_finite_loss_stops_and_its_advice_works(tiny_config, tmp_path, monke
   state = _params(tmp_path)
   assert int(state.step) == 2
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
+  old_best3 = _params(tmp_path, '3')
 
   # Follow the advice: the same workdir, a lower outer.lr. (The poison above only
   # strikes at the old learning rate, as a real divergence would.)
@@ -112,6 +115,10 @@ def test_non_finite_loss_stops_and_its_advice_works(tiny_config, tmp_path, monke
   lines = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
   assert {'step': 2, 'config/outer.lr': 1e-4} in lines
   assert [d['step'] for d in lines if 'train/meta_loss' in d] == [1, 2, 3, 4]
+  # best/3 was made again on the new trajectory, not kept from the abandoned one.
+  new_best3 = _params(tmp_path, '3')
+  assert any(not np.array_equal(a, b) for a, b in zip(
+      jax.tree.leaves(old_best3.params), jax.tree.leaves(new_best3.params), strict=True))
   assert ('**config changes during training**: outer.lr 0.001 -> 0.0001 from meta-step 2'
           in (tmp_path / 'report.md').read_text())
   # On a finished run the same change would do nothing: refused, the record untouched.
