@@ -3,13 +3,28 @@
 XLA's CPU backend optimisation level 0 compiles the tests' many small
 programs about 5x faster; tests compare numbers between code paths, not
 speed. Set AUTOAUG_TEST_XLA_FLAGS to override (e.g. to '' for default flags).
+
+One persistent compilation cache serves the whole run: many tests (and the
+entry points they start as subprocesses) compile the same tiny-config
+programs, and a cached executable is the one XLA would compile again. It is
+made by the first process (pytest's controller under xdist), inherited by
+the workers and subprocesses through the environment, and removed by its
+maker at exit. Set JAX_COMPILATION_CACHE_DIR yourself to keep one between runs.
 """
 
+import atexit
 import os
 import pathlib
+import shutil
+import tempfile
 
 os.environ.setdefault('XLA_FLAGS', os.environ.get('AUTOAUG_TEST_XLA_FLAGS',
                                                   '--xla_backend_optimization_level=0'))
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  _cache = tempfile.mkdtemp(prefix='autoaug_jax_test_xla_cache_')
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = _cache
+  os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+  atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 os.environ.setdefault('DIFFUSERS_VERBOSITY', 'error')
 os.environ.setdefault('TRANSFORMERS_VERBOSITY', 'error')
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
