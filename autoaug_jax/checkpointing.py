@@ -119,6 +119,16 @@ def _inspect(path: str, step: int) -> _Step:
   return _Step(step, path)
 
 
+def _remove_temporaries(directory: str) -> None:
+  """Removes what killed saves and deletions left: Orbax's `<step>.orbax-checkpoint-tmp*`."""
+  if not os.path.isdir(directory):
+    return
+  for entry in os.listdir(directory):
+    if '.orbax-checkpoint-tmp' in entry:
+      logging.info('Removing %s, left by an interrupted save or deletion.', entry)
+      shutil.rmtree(os.path.join(directory, entry), ignore_errors=True)
+
+
 class _Folder:
   """One Orbax manager and what this module knows about its step folders."""
 
@@ -127,9 +137,13 @@ class _Folder:
     self.directory = os.path.join(root, name)
     self._damaged_root = os.path.join(root, 'damaged')
     self.set_aside_log: list[str] = []
+    if not read_only:
+      _remove_temporaries(self.directory)
+    # Orbax's own clean-up of temporary folders runs in a background thread, racing
+    # whatever comes next (a reopen, our deletions); ours above finishes first.
     self._options = ocp.CheckpointManagerOptions(
         max_to_keep=None, enable_async_checkpointing=False, read_only=read_only,
-        create=not read_only, cleanup_tmp_directories=not read_only)
+        create=not read_only, cleanup_tmp_directories=False)
     self.manager = ocp.CheckpointManager(self.directory, options=self._options)
     self.steps: dict[int, _Step] = {}
     for step in self.manager.all_steps():

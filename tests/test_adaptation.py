@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from autoaug_jax import adaptation, outer_step, rng, tasks
 
@@ -26,6 +27,7 @@ def test_pseudo_task_holds_out_the_last_shots_of_each_class():
     np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.slow
 def test_adaptation_takes_meta_gradient_steps_on_the_pseudo_task(tiny_config, tiny_splits):
   """One SGD step equals params - lr * grad of the pseudo-task's query loss, computed
   independently; frozen leaves stay; S' is the base augmenter's with the adapted

@@ -13,7 +13,9 @@ def _images(n=4, size=8, seed=0):
   return jax.random.uniform(jax.random.key(seed), (n, size, size, 3))
 
 
-@pytest.mark.parametrize('name', sorted(set(AUGMENTERS) - {'diffusion'}))  # own tests
+@pytest.mark.parametrize('name', [  # diffusion has its own tests; ResNet-50 is slow
+    pytest.param(n, marks=pytest.mark.slow) if n.startswith('resnet') else n
+    for n in sorted(set(AUGMENTERS) - {'diffusion'})])
 @pytest.mark.parametrize('factor', [1, 3])
 def test_shapes_labels_and_range(tiny_config, name, factor):
   tiny_config.augmenter.factor = factor

@@ -13,6 +13,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEYS = {'meta_steps_per_s', 'compile_s', 'peak_memory_mb', 'flops_per_meta_step'}
 
 
+@pytest.mark.slow
 def test_flop_extrapolation_matches_a_full_unroll(tiny_config):
   """XLA counts a scan body once; extrapolating from I=2,3 must match I=5 unrolled."""
   mesh = sharding.make_mesh(1)

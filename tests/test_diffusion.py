@@ -41,6 +41,7 @@ def _images(n_way=3, k=2, size=16, seed=1):
   return images, jnp.repeat(jnp.arange(n_way), k)
 
 
+@pytest.mark.slow
 def test_sampler_equals_the_stock_diffusers_pipeline(sd_dir):
   """A soft prompt equal to real words' embeddings reproduces FlaxStableDiffusionPipeline."""
   from diffusers import FlaxStableDiffusionPipeline
@@ -87,6 +88,7 @@ def test_sampler_equals_the_stock_diffusers_pipeline(sd_dir):
     np.testing.assert_allclose(ours, stock, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_shapes_range_and_per_class_soft_prompts(sd_dir, tiny_config):
   config = diffusion_config(tiny_config, sd_dir)
   config.augmenter.factor = 2
@@ -126,6 +128,7 @@ def _meta_loss(config, tiny_splits, **augmenter_changes):
   return _problem(config, tiny_splits['train'])
 
 
+@pytest.mark.slow
 def test_meta_gradient_reaches_the_prompt_net_and_matches_finite_differences(
     sd_dir, tiny_config, tiny_splits):
   """Query loss after the inner loop, differentiated back into the prompt network through
@@ -146,6 +149,7 @@ def test_meta_gradient_reaches_the_prompt_net_and_matches_finite_differences(
                                   np.random.default_rng(0), 1e-7, trials=2, rtol=3e-5)
 
 
+@pytest.mark.slow
 def test_scan_equals_a_python_loop_with_and_without_remat_and_truncation(sd_dir):
   """The DDIM scan (remat on and off, backprop_last_k 0 and 1) against a plain Python loop
   of the same steps that cuts the gradient before the last k: same samples, same gradient."""
@@ -192,6 +196,7 @@ def test_scan_equals_a_python_loop_with_and_without_remat_and_truncation(sd_dir)
   assert not np.allclose(flat(reference[0][1]), flat(reference[1][1]), rtol=1e-3)
 
 
+@pytest.mark.slow
 def test_frozen_weights_are_an_unchanging_argument(sd_dir, tiny_config, tiny_splits):
   """One meta-step trains the prompt net only; SD weights are a jit argument (no
   recompile for other weights), absent from the state and unchanged."""
@@ -216,6 +221,7 @@ def test_frozen_weights_are_an_unchanging_argument(sd_dir, tiny_config, tiny_spl
   assert step._cache_size() == 1 and float(m2['meta_loss']) != float(metrics['meta_loss'])
 
 
+@pytest.mark.slow
 def test_clip_vit_prompt_net_loads_and_trains(sd_dir, clip_dir, tiny_config):
   from transformers import FlaxCLIPVisionModel
   config = diffusion_config(tiny_config, sd_dir, prompt_net='clip_vit', clip_dir=clip_dir)
@@ -238,6 +244,7 @@ def test_clip_vit_prompt_net_loads_and_trains(sd_dir, clip_dir, tiny_config):
   assert aug.soft_prompts(params, images, labels).shape == (3, 2, WIDTH)
 
 
+@pytest.mark.slow
 def test_bad_inputs_are_refused_with_their_fix(sd_dir, tmp_path, tiny_config):
   config = diffusion_config(tiny_config, sd_dir)
   validate(config)
@@ -302,6 +309,7 @@ def test_the_diffusion_config_validates_with_a_model(sd_dir):
   assert config.augmenter.prompt_net.name == 'clip_vit' and config.meta_batch_size == 1
 
 
+@pytest.mark.slow
 def test_sd15_shapes_for_the_full_size_estimate():
   """The abstract model the benchmark compiles has SD-1.5's exact parameter counts."""
   sd, weights = stable_diffusion.sd15_abstract(jnp.bfloat16)

@@ -58,6 +58,7 @@ def test_methods_see_the_same_tasks(eval_setup):
   assert seen['none'][1].shape[0] == 0
 
 
+@pytest.mark.slow
 def test_results_do_not_depend_on_batching(eval_setup):
   config, mesh, dev, run = eval_setup
   stream = evaluation.eval_stream(0, 'test')
@@ -100,6 +101,7 @@ def test_eval_fn_compiles_once_per_method(eval_setup):
   assert fn._cache_size() == 1
 
 
+@pytest.mark.slow
 def test_a_diverged_classifier_is_counted_not_scored(eval_setup, tmp_path):
   """NaN logits would be 'predictions' of whatever argmax makes of them: such tasks
   score 0, are counted and appear in the report."""

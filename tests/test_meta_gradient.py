@@ -105,6 +105,7 @@ def test_scan_equals_python_loop_values_and_gradients(tiny_config):
   np.testing.assert_allclose(g_scan, g_loop, rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_remat_changes_nothing(tiny_config, tiny_splits):
   on, params, _ = _problem(tiny_config, tiny_splits['train'], remat=True)
   off, _, _ = _problem(tiny_config, tiny_splits['train'], remat=False)
@@ -114,6 +115,7 @@ def test_remat_changes_nothing(tiny_config, tiny_splits):
   np.testing.assert_allclose(_flat(g_on), _flat(g_off), rtol=1e-4, atol=1e-8)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('task_chunk', [0, 1, 2])
 def test_vmap_over_tasks_equals_loop_over_tasks(tiny_config, tiny_splits, task_chunk):
   """task_chunk 0: one vmap over all tasks; 1: one task at a time; 2: chunks of 2 (and 1 left)."""
@@ -138,6 +140,7 @@ def test_vmap_over_tasks_equals_loop_over_tasks(tiny_config, tiny_splits, task_c
   np.testing.assert_allclose(_flat(g_vmap), _flat(g_loop), rtol=1e-4, atol=1e-8)
 
 
+@pytest.mark.slow
 def test_first_order_approximation_gives_zero_augmenter_gradient(tiny_config, tiny_splits):
   """Why there is no first-order option: S' reaches the query loss only via inner gradients."""
   import autoaug_jax.inner_loop as inner
@@ -164,6 +167,7 @@ def test_spec_is_hashable_and_static(tiny_config):
   assert hash(spec) == hash(dataclasses.replace(spec))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('size', [12, 84])
 def test_other_image_sizes_run_end_to_end(tiny_config, size):
   """Any multiple of 4 works: the augmenter halves and doubles, the classifier floors pools."""

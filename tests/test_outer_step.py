@@ -30,6 +30,7 @@ def _steps(config, split, n, mesh=None):
   return state, history, step
 
 
+@pytest.mark.slow
 def test_same_seed_same_numbers_other_seed_other_numbers(tiny_config, tiny_splits):
   a, ha, _ = _steps(tiny_config, tiny_splits['train'], 2)
   b, hb, _ = _steps(tiny_config, tiny_splits['train'], 2)
@@ -49,6 +50,7 @@ def test_no_recompilation_across_outer_steps(tiny_config, tiny_splits):
   assert len({h['meta_loss'] for h in history}) == 3
 
 
+@pytest.mark.slow
 def test_learned_params_move_and_frozen_params_do_not(tiny_config, tiny_splits):
   run = outer_step.setup(tiny_config)
   start = jax.device_get(run.initial_params)

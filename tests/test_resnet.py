@@ -17,6 +17,7 @@ def saved(tmp_path_factory):
   return path, save_tiny_resnet(path)
 
 
+@pytest.mark.slow
 def test_loads_through_from_pretrained(saved):
   path, model = saved
   loaded = resnet.load(str(path))
@@ -31,6 +32,7 @@ def test_loads_through_from_pretrained(saved):
     resnet.load(str(path), expected=other)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('impl', ['patches', 'native'])
 def test_apply_matches_transformers(saved, impl):
   path, model = saved
@@ -43,6 +45,7 @@ def test_apply_matches_transformers(saved, impl):
   np.testing.assert_allclose(ours, theirs, rtol=2e-4, atol=2e-4)
 
 
+@pytest.mark.slow
 def test_split_at_any_block_equals_the_whole(saved):
   loaded = resnet.load(str(saved[0]))
   x = jax.random.normal(jax.random.key(1), (3, 32, 32, 3))

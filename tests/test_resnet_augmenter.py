@@ -28,6 +28,7 @@ def resnet_config(config, weights, frozen):
   return config
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('size', [16, 32])
 def test_synthetic_images_shape_and_range(tiny_config, weights, size):
   augmenter = make_augmenter(resnet_config(tiny_config, weights, True).augmenter)
@@ -53,6 +54,7 @@ def _dot(a, b):
                                                     strict=True))
 
 
+@pytest.mark.slow
 def test_augmenter_gradient_matches_finite_differences(tiny_config, weights):
   """Trunk and decoder gradients of a smooth function of S' against central differences."""
   augmenter = make_augmenter(resnet_config(tiny_config, weights, False).augmenter)
@@ -84,6 +86,7 @@ def test_augmenter_gradient_matches_finite_differences(tiny_config, weights):
       assert analytic != 0 and abs(fd - analytic) <= 2e-3 * abs(analytic), (part, fd, analytic)
 
 
+@pytest.mark.slow
 def test_meta_gradient_reaches_trunk_and_decoder_consistently(tiny_config, tiny_splits, weights):
   """Reverse mode (what training uses) equals forward mode along random directions.
 
@@ -113,6 +116,7 @@ def test_meta_gradient_reaches_trunk_and_decoder_consistently(tiny_config, tiny_
       np.testing.assert_allclose(float(tangent), analytic, rtol=1e-9)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('frozen', [True, False])
 def test_frozen_trunk_gets_exactly_zero_update(tiny_config, tiny_splits, weights, frozen):
   config = resnet_config(tiny_config, weights, frozen)
@@ -140,6 +144,7 @@ def test_missing_weights_directory_is_refused_before_anything_runs(tiny_config, 
     validate(tiny_config)
 
 
+@pytest.mark.slow
 def test_random_init_without_weights():
   from resnet_fixtures import TINY
 

@@ -54,6 +54,7 @@ def test_loads_through_the_real_path_and_splits_at_the_configured_block(tiny_con
   assert 'top 2 of 5 blocks' in clf.describe() and weights in clf.describe()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('trainable_blocks', [0, 2])
 def test_inner_loop_trains_top_and_head_and_leaves_running_stats_alone(
     tiny_config, weights, trainable_blocks):
@@ -74,6 +75,7 @@ def test_inner_loop_trains_top_and_head_and_leaves_running_stats_alone(
   assert all(block_params)
 
 
+@pytest.mark.slow
 def test_scan_equals_python_loop(tiny_config, weights):
   clf = make_classifier(resnet_classifier_config(tiny_config, weights))
   consts = clf.constants(0)
@@ -98,6 +100,7 @@ def test_scan_equals_python_loop(tiny_config, weights):
   np.testing.assert_allclose(g_scan, g_loop, rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_meta_gradient_matches_finite_differences(tiny_config, tiny_splits, weights):
   """ConvNet augmenter, ResNet classifier: the augmenter's gradient through the frozen
   bottom, the trained top blocks and the head, against central differences."""
@@ -112,6 +115,7 @@ def test_meta_gradient_matches_finite_differences(tiny_config, tiny_splits, weig
     check_directional_derivatives(loss_fn, params, g, np.random.default_rng(1), eps=1e-6)
 
 
+@pytest.mark.slow
 def test_embedding_once_equals_running_the_bottom_in_every_step(tiny_config, tiny_splits,
                                                                 weights):
   once, params, _ = meta_problem(resnet_classifier_config(tiny_config, weights, 2, True),
@@ -125,6 +129,7 @@ def test_embedding_once_equals_running_the_bottom_in_every_step(tiny_config, tin
   np.testing.assert_allclose(_flat(g_once), _flat(g_every), rtol=1e-3, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_weights_are_an_argument_of_the_compiled_step_not_a_constant(tiny_config, tiny_splits,
                                                                      weights):
   """Other weights, same executable (no recompile), other numbers; the augmenter learns."""

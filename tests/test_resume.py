@@ -138,6 +138,7 @@ def _trained(config, workdir):
   return json.loads((workdir / 'results.json').read_text())
 
 
+@pytest.mark.slow
 def test_evaluate_restores_any_run_with_overrides(tiny_config, tmp_path, caplog, monkeypatch):
   caplog.set_level(logging.INFO)
   tiny_config.eval.val_every = 0  # as every sweep run: no best checkpoint

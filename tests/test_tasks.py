@@ -58,6 +58,7 @@ def test_uneven_classes_never_sample_padding():
       assert len(set(split.labels[ids[labels == task_label]])) == 1
 
 
+@pytest.mark.slow
 def test_vmap_matches_single_task_sampling():
   dev = tasks.to_device(_numbered_split([6] * 6))
   keys = jax.random.split(jax.random.key(3), 4)

@@ -74,6 +74,7 @@ def test_main_then_evaluate_entry_points(tmp_path):
   assert out.returncode != 0 and 'No checkpoint at step 7' in out.stderr
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_and_its_advice_works(tiny_config, tmp_path, monkeypatch):
   config = _quick(tiny_config)
   # Validation at every step, checkpoints every 2: best/3 is saved after latest/2, before
@@ -149,6 +150,7 @@ def test_user_errors_before_anything_compiles(tiny_config, tmp_path):
     train.train_and_evaluate(bad, str(tmp_path / 'file' / 'run'))
 
 
+@pytest.mark.slow
 def test_resuming_with_a_different_config_is_refused(tiny_config, tmp_path):
   config = _quick(tiny_config)
   config.num_meta_steps = 2
@@ -161,6 +163,7 @@ def test_resuming_with_a_different_config_is_refused(tiny_config, tmp_path):
   assert (tmp_path / 'config.json').read_text() == before  # untouched
 
 
+@pytest.mark.slow
 def test_frozen_augmenter_is_evaluated_without_training(tiny_config, tmp_path):
   config = _quick(tiny_config)
   config.augmenter.frozen = True
