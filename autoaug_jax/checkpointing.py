@@ -43,6 +43,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from autoaug_jax import atomic_files
+
 MANIFEST = 'autoaug_manifest.json'
 _BEST_KEEP = 2
 _DELETING = '.orbax-checkpoint-tmp-deleting'  # Orbax's temporary form: removed on reopening
@@ -188,11 +190,8 @@ class _Folder:
                       custom_metadata=meta)
     path = os.path.join(self.directory, str(step))
     if jax.process_index() == 0:
-      manifest = {'step': step, 'files': _files(path)}
-      tmp = os.path.join(path, MANIFEST + '.tmp')
-      with open(tmp, 'w') as f:
-        json.dump(manifest, f)
-      os.replace(tmp, os.path.join(path, MANIFEST))
+      atomic_files.write_json(os.path.join(path, MANIFEST),
+                              {'step': step, 'files': _files(path)}, indent=None)
     self.steps[step] = _Step(step, path)
     return True
 

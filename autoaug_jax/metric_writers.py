@@ -16,6 +16,8 @@ import time
 import numpy as np
 from absl import logging
 
+from autoaug_jax import atomic_files
+
 
 class MetricWriter:
   """Appends scalars to WORKDIR/metrics.jsonl and to TensorBoard under WORKDIR/tensorboard.
@@ -57,10 +59,7 @@ class MetricWriter:
         else:
           rewrite = True
     if rewrite:
-      tmp = self._path + '.tmp'
-      with open(tmp, 'w') as f:
-        f.writelines(kept)
-      os.replace(tmp, self._path)
+      atomic_files.write_text(self._path, ''.join(kept))
 
   def has(self, step: int, key: str) -> bool:
     """Whether metrics.jsonl holds `key` at `step`."""

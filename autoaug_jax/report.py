@@ -11,7 +11,6 @@ included, for sweep aggregation).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import textwrap
 from collections.abc import Mapping, Sequence
@@ -22,6 +21,7 @@ matplotlib.use('Agg')  # files only; no display on training machines
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from autoaug_jax import atomic_files  # noqa: E402
 from autoaug_jax.evaluation import MethodSummary  # noqa: E402
 
 
@@ -64,18 +64,9 @@ def plot_deltas(rows: Sequence[MethodSummary], path: str, title: str,
 
 
 def _save_figure(fig, path: str, dpi: int) -> None:
-  """Writes a PNG atomically (a kill mid-write leaves the previous file, if any)."""
-  tmp = f'{path}.tmp-{os.getpid()}'
-  fig.savefig(tmp, dpi=dpi, format='png')
+  with atomic_files.replacing(path) as tmp:
+    fig.savefig(tmp, dpi=dpi, format='png')
   plt.close(fig)
-  os.replace(tmp, path)
-
-
-def _write_text(path: str, text: str) -> None:
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'w') as f:
-    f.write(text)
-  os.replace(tmp, path)
 
 
 def image_rows(rows: Sequence[np.ndarray], max_images: int = 8,
@@ -141,9 +132,8 @@ def save_examples(examples: Mapping[str, tuple[np.ndarray, np.ndarray]], path: s
   arrays = {f'{m}/{part}': (np.clip(x, 0, 1) * 255 + 0.5).astype(np.uint8)
             for m, pair in examples.items()
             for part, x in zip(('originals', 'synthetic'), pair, strict=True)}
-  tmp = f'{path}.tmp-{os.getpid()}.npz'
-  np.savez_compressed(tmp, **arrays)
-  os.replace(tmp, path)
+  with atomic_files.replacing(path, suffix='.npz') as tmp:  # numpy appends .npz otherwise
+    np.savez_compressed(tmp, **arrays)
 
 
 def load_examples(path: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -191,12 +181,12 @@ def write_report(out_dir: str, rows: Sequence[MethodSummary],
       '![augmentations](augmentations.png)', '',
       '## Config', '', '```json', config_json, '```', '',
   ]
-  _write_text(paths['report.md'], '\n'.join(lines))
+  atomic_files.write_text(paths['report.md'], '\n'.join(lines))
   save_examples(examples, paths['examples.npz'])
   results = {'header': dict(header),
              'summary': [dataclasses.asdict(r) for r in rows],
              'per_task_accuracy': {m: np.asarray(a).tolist() for m, a in accuracies.items()}}
   if diverged and any(len(v) for v in diverged.values()):
     results['per_task_diverged'] = {m: [int(i) for i in v] for m, v in diverged.items()}
-  _write_text(paths['results.json'], json.dumps(results, indent=1))
+  atomic_files.write_json(paths['results.json'], results, indent=1)
   return paths

@@ -24,7 +24,7 @@ import time
 
 from absl import logging
 
-from autoaug_jax import aggregate, evaluation, report, sweeps, train
+from autoaug_jax import aggregate, atomic_files, evaluation, report, sweeps, train
 from autoaug_jax import workdir as workdir_lib
 from autoaug_jax.config_schema import ConfigError
 from autoaug_jax.metric_writers import quiet_library_logs
@@ -51,11 +51,9 @@ def is_done(run: sweeps.Run) -> bool:
 
 def _mark_done(run: sweeps.Run, seconds: float, copied_from: str = '') -> None:
   path = os.path.join(run.workdir, DONE_FILE)
-  with open(path + '.tmp', 'w') as f:
-    json.dump({'member': run.member.name, 'seed': run.seed, 'seconds': seconds,
-               'overrides': list(run.member.overrides), 'copied_from': copied_from}, f,
-              indent=1)
-  os.replace(path + '.tmp', path)
+  atomic_files.write_json(path, {'member': run.member.name, 'seed': run.seed,
+                                 'seconds': seconds, 'overrides': list(run.member.overrides),
+                                 'copied_from': copied_from}, indent=1)
 
 
 def find_twin(run: sweeps.Run, root: str) -> str | None:

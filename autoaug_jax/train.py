@@ -36,7 +36,16 @@ import jax
 import ml_collections
 from absl import logging
 
-from autoaug_jax import adaptation, data, evaluation, outer_step, report, sharding, tasks
+from autoaug_jax import (
+  adaptation,
+  atomic_files,
+  data,
+  evaluation,
+  outer_step,
+  report,
+  sharding,
+  tasks,
+)
 from autoaug_jax import workdir as workdir_lib
 from autoaug_jax.augmenters import Augmenter, make_augmenter
 from autoaug_jax.checkpointing import CheckpointError, Checkpoints
@@ -449,7 +458,7 @@ def _claim_eval_dir(out_dir: str, settings: dict, refuse: bool = True) -> bool:
       raise WorkdirError(f'{out_dir} holds the results of another evaluation; choose another '
                          '--out_dir, or leave it empty for a folder of its own.')
     os.makedirs(out_dir, exist_ok=True)
-    workdir_lib.write_json_atomic(path, settings)
+    atomic_files.write_json(path, settings)
   except (OSError, ValueError) as e:
     raise WorkdirError(f'Cannot write the evaluation to {out_dir} ({e}); pass --out_dir=DIR '
                        'somewhere you can write.') from e

@@ -22,6 +22,7 @@ from typing import Any
 
 import ml_collections
 
+from autoaug_jax import atomic_files
 from autoaug_jax.config_schema import ConfigError, base_config
 
 CONFIG_FILE = 'config.json'
@@ -160,20 +161,13 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict
                        'choose a directory you can write to.') from e
   changes = config_changes(workdir, config)
   for name in os.listdir(workdir):  # left by a kill inside an atomic write
-    if re.search(r'\.tmp(-\d+(\.npz)?)?$', name) and os.path.isfile(os.path.join(workdir, name)):
+    if atomic_files.is_leftover(name) and os.path.isfile(os.path.join(workdir, name)):
       os.remove(os.path.join(workdir, name))
   return changes
 
 
-def write_json_atomic(path: str, value: Any) -> None:
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'w') as f:
-    json.dump(value, f, indent=2)
-  os.replace(tmp, path)
-
-
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
-  write_json_atomic(os.path.join(workdir, CONFIG_FILE), json.loads(config.to_json()))
+  atomic_files.write_json(os.path.join(workdir, CONFIG_FILE), json.loads(config.to_json()))
 
 
 def record_changes(workdir: str, step: int, changes: list[tuple[str, Any, Any]]) -> None:
