@@ -2,6 +2,7 @@
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -9,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from autoaug_jax import train
+from autoaug_jax import atomic_files, train
 from autoaug_jax import workdir as workdir_lib
 from autoaug_jax.checkpointing import Checkpoints
 from autoaug_jax.config_schema import ConfigError
@@ -195,6 +196,17 @@ def test_workdir_from_before_a_schema_addition_still_resumes(tiny_config, tmp_pa
   tiny_config.classifier.trainable_blocks = 1
   with pytest.raises(ConfigError, match=r'classifier.trainable_blocks: 3 -> 1'):
     workdir_lib.prepare_workdir(str(tmp_path), tiny_config)
+
+
+def test_reopening_a_workdir_removes_what_a_kill_left_mid_write(tiny_config, tmp_path):
+  # A write interrupted before its rename.
+  with pytest.raises(KeyboardInterrupt), atomic_files.replacing(str(tmp_path / 'report.md')) as tmp:
+    pathlib.Path(tmp).write_text('half')
+    raise KeyboardInterrupt
+  (tmp_path / 'examples.npz.tmp-77.npz').write_text('half')
+  (tmp_path / 'notes.tmp.md').write_text('mine')
+  workdir_lib.prepare_workdir(str(tmp_path), tiny_config)
+  assert sorted(os.listdir(tmp_path)) == ['notes.tmp.md']
 
 
 def test_workdir_config_with_unknown_or_missing_keys_is_one_line(tiny_config, tmp_path):
