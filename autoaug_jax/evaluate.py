@@ -19,8 +19,9 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from autoaug_jax import train
-from autoaug_jax.config_schema import base_config
+from autoaug_jax.config.schema import base_config
+from autoaug_jax.errors import USER_ERRORS
+from autoaug_jax.run import evaluate
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory of a training run.')
 _CHECKPOINT = flags.DEFINE_string(
@@ -39,8 +40,8 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   overrides = config_flags.get_override_values(flags.FLAGS['config'])
   try:
-    train.evaluate_checkpoint(_WORKDIR.value, _CHECKPOINT.value, _OUT_DIR.value, overrides)
-  except train.USER_ERRORS as e:
+    evaluate.evaluate_checkpoint(_WORKDIR.value, _CHECKPOINT.value, _OUT_DIR.value, overrides)
+  except USER_ERRORS as e:
     logging.error('%s', e)
     sys.exit(f'error: {e}')
 

@@ -3,7 +3,7 @@
   python -m autoaug_jax.main --config=configs/default.py --workdir=runs/default \
       [--config.task.k_shot=1 --config.augmenter.factor=2 ...]
 
-Flags only; `train.train_and_evaluate` does the work. Running it again on the
+Flags only; `run.train.train_and_evaluate` does the work. Running it again on the
 same workdir resumes from the latest checkpoint.
 """
 
@@ -12,7 +12,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from autoaug_jax import train
+from autoaug_jax.errors import USER_ERRORS
+from autoaug_jax.run import train
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'A configs/*.py file; override fields with --config.KEY=VALUE.',
@@ -26,7 +27,7 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   try:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except train.USER_ERRORS as e:
+  except USER_ERRORS as e:
     logging.error('%s', e)
     sys.exit(f'error: {e}')
 

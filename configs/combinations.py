@@ -31,7 +31,8 @@ Add --config.data.name=glyphs to run on the embedded dataset, and
 
 import pathlib
 
-from autoaug_jax.config_schema import ConfigError, config_from_file, lock
+from autoaug_jax.config.schema import config_from_file, lock
+from autoaug_jax.errors import ConfigError
 
 CLASSIFIERS = ('convnet', 'resnet50')
 # augmenter choice -> (augmenter.name, augmenter.frozen)

@@ -7,7 +7,7 @@ About 8 minutes on 2 CPU cores (see BUILD_NOTES.md).
   python -m autoaug_jax.main --config=configs/default.py --workdir=runs/default
 """
 
-from autoaug_jax.config_schema import base_config, lock
+from autoaug_jax.config.schema import base_config, lock
 
 
 def get_config():

@@ -23,7 +23,7 @@ backpropagates through the last K steps only (DRaFT-K).
 
 import pathlib
 
-from autoaug_jax.config_schema import config_from_file
+from autoaug_jax.config.schema import config_from_file
 
 
 def get_config():

@@ -13,7 +13,7 @@ Add --config.data.images_per_class=0 for all 600 images per class,
 --config.data.name=glyphs to run the same settings on the embedded dataset.
 """
 
-from autoaug_jax.config_schema import base_config, lock
+from autoaug_jax.config.schema import base_config, lock
 
 
 def get_config():

@@ -17,7 +17,7 @@ classifier of Section 4.6 included.
 
 import pathlib
 
-from autoaug_jax.config_schema import config_from_file
+from autoaug_jax.config.schema import config_from_file
 
 
 def get_config():

@@ -17,7 +17,7 @@ One member by hand (K = 1 of the support-size study):
 
 import os
 
-from autoaug_jax.config_schema import EVAL_METHODS, config_from_file, lock
+from autoaug_jax.config.schema import EVAL_METHODS, config_from_file, lock
 
 
 def get_config():

@@ -3,7 +3,7 @@ r"""A seconds-long run for tests and smoke checks: tiny images, tasks and models
   python -m autoaug_jax.main --config=configs/tiny.py --workdir=/tmp/autoaug_tiny
 """
 
-from autoaug_jax.config_schema import base_config, lock
+from autoaug_jax.config.schema import base_config, lock
 
 
 def get_config():

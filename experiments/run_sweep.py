@@ -6,14 +6,15 @@ r"""Runs one study of the paper (a folder of experiments/) as a resumable sweep.
 One workdir per member and seed (ROOT/<study>/<member>/seed<s>); rerunning the
 same command skips finished runs and resumes an interrupted one from its
 checkpoints; at the end ROOT/<study>/results.md, deltas.png and
-augmentations.png aggregate every run. Flags only; `sweep_runner` does the work.
+augmentations.png aggregate every run. Flags only; `autoaug_jax.run.sweep` does the work.
 """
 
 import sys
 
 from absl import app, flags, logging
 
-from autoaug_jax import sweep_runner, train
+from autoaug_jax.errors import USER_ERRORS
+from autoaug_jax.run import sweep
 
 _SWEEP = flags.DEFINE_string('sweep', None, 'A study folder of experiments/ (e.g. '
                              'support_size) or a path to a sweep.json.')
@@ -34,10 +35,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   try:
-    sweep_runner.run_sweep(_SWEEP.value, _BASE.value, _ROOT.value, _SEEDS.value,
-                           tuple(_OVERRIDE.value), aggregate_only=_AGGREGATE_ONLY.value,
-                           members=tuple(_MEMBERS.value))
-  except (*train.USER_ERRORS, sweep_runner.SweepError) as e:
+    sweep.run_sweep(_SWEEP.value, _BASE.value, _ROOT.value, _SEEDS.value,
+                    tuple(_OVERRIDE.value), aggregate_only=_AGGREGATE_ONLY.value,
+                    members=tuple(_MEMBERS.value))
+  except USER_ERRORS as e:
     logging.error('%s', e)
     sys.exit(f'error: {e}')
 

@@ -36,7 +36,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 def load_config(name: str):
   """configs/NAME.py's get_config(), loaded by path as absl's config flag does."""
-  from autoaug_jax.config_schema import config_from_file
+  from autoaug_jax.config.schema import config_from_file
   return config_from_file(REPO / 'configs' / f'{name}.py')
 
 
@@ -61,7 +61,7 @@ def tiny_config():
 @pytest.fixture(scope='session')
 def tiny_splits():
   """The tiny config's train/val/test splits (16x16, 8 images per class)."""
-  from autoaug_jax import data
+  from autoaug_jax.config import builders
   config = load_config('tiny')
-  return {name: data.load_split(config.data, name, config.image_size)
+  return {name: builders.load_split(config, name)
           for name in ('train', 'val', 'test')}

@@ -40,13 +40,15 @@ def _die():
 def install(point: str, step: int) -> None:
   from orbax.checkpoint._src.path import atomicity
 
-  from autoaug_jax import checkpointing, evaluation, outer_step, report, train
-  from autoaug_jax.checkpointing import Checkpoints
+  from autoaug_jax.core import evaluation
+  from autoaug_jax.core import meta_step as meta_step_lib
+  from autoaug_jax.run import checkpointing, figures, train
+  from autoaug_jax.run.checkpointing import Checkpoints
 
   flag = {'kill_next_eval': False, 'final_evals': 0}
 
   if point == 'meta_step':
-    real_factory = outer_step.MetaSetup.meta_step
+    real_factory = meta_step_lib.MetaSetup.meta_step
 
     def meta_step(self, mesh, batch):
       fn = real_factory(self, mesh, batch)
@@ -58,7 +60,7 @@ def install(point: str, step: int) -> None:
           _die()
         return out
       return wrapped
-    outer_step.MetaSetup.meta_step = meta_step
+    meta_step_lib.MetaSetup.meta_step = meta_step
 
   real_make_eval_fn = evaluation.make_eval_fn
 
@@ -154,7 +156,7 @@ def install(point: str, step: int) -> None:
   if point == 'report':
     def save_grid_figure(*args, **kwargs):
       _die()
-    report.save_grid_figure = save_grid_figure
+    figures.save_grid_figure = save_grid_figure
 
 
 if __name__ == '__main__':

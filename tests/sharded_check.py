@@ -1,4 +1,4 @@
-"""Run by test_outer_step.py in a subprocess with 4 simulated CPU devices.
+"""Run by test_meta_step.py in a subprocess with 4 simulated CPU devices.
 
 Prints one JSON line comparing 2 meta-steps and an evaluation on a 4-device
 task mesh against the same on 1 device.
@@ -13,11 +13,12 @@ import numpy as np
 sys.path.insert(0, str(__import__('pathlib').Path(__file__).parent))
 from conftest import load_config  # noqa: E402
 
-from autoaug_jax import data, evaluation, outer_step, sharding, tasks  # noqa: E402
+from autoaug_jax.config import builders  # noqa: E402
+from autoaug_jax.core import evaluation, sharding, tasks  # noqa: E402
 
 
 def run(mesh, config, split):
-  setup = outer_step.setup(config)
+  setup = builders.meta_setup(config)
   dev = tasks.to_device(split, sharding.replicated(mesh))
   state = setup.init_state(mesh)
   step = setup.meta_step(mesh, config.meta_batch_size)
@@ -25,9 +26,9 @@ def run(mesh, config, split):
   hlo = step.lower(state, dev, consts).compile().as_text()
   for _ in range(2):
     state, metrics = step(state, dev, consts)
-  accs = evaluation.evaluate(setup.augmenter, state.params, dev, setup.classifier, setup.spec,
-                             mesh, evaluation.eval_stream(0, 'test'), 6, 6,
-                             consts=consts).accuracy
+  accs = evaluation.evaluate(setup.objective, state.params, dev, mesh,
+                             evaluation.eval_stream(0, 'test'), 6, 6, consts=consts,
+                             task_chunk=setup.task_chunk).accuracy
   leaf = jax.tree.leaves(state.params)[0]
   return state, metrics, accs, hlo, len(leaf.sharding.device_set)
 
@@ -36,7 +37,7 @@ def main():
   assert len(jax.devices()) == 4, jax.devices()
   config = load_config('tiny')
   config.meta_batch_size = 4
-  split = data.load_split(config.data, 'train', config.image_size)
+  split = builders.load_split(config, 'train')
   s4, m4, a4, hlo4, n4 = run(sharding.make_mesh(4), config, split)
   s1, m1, a1, _, n1 = run(sharding.make_mesh(1), config, split)
   # Two tasks per device, run one after the other (the CPU layout), vs one vmap.

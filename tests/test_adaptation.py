@@ -8,7 +8,10 @@ import numpy as np
 import optax
 import pytest
 
-from autoaug_jax import adaptation, outer_step, rng, tasks
+from autoaug_jax.config import builders
+from autoaug_jax.core import adaptation, rng, tasks
+from autoaug_jax.core.meta_step import OptimizerSettings
+from autoaug_jax.core.objective import support_query_outcome
 
 
 def test_pseudo_task_holds_out_the_last_shots_of_each_class():
@@ -32,15 +35,15 @@ def test_adaptation_takes_meta_gradient_steps_on_the_pseudo_task(tiny_config, ti
   """One SGD step equals params - lr * grad of the pseudo-task's query loss, computed
   independently; frozen leaves stay; S' is the base augmenter's with the adapted
   parameters and the unadapted augmenter's key."""
-  run = outer_step.setup(tiny_config)
-  spec = run.spec
+  run = builders.meta_setup(tiny_config)
+  spec = run.objective.task
   split = tasks.to_device(tiny_splits['train'], None)
   task = tasks.sample_task(split, jax.random.key(1), n_way=spec.n_way, k_shot=spec.k_shot,
                            q_query=spec.q_query)
   consts = jax.device_put(run.constants)
   lr = 0.05
-  method = adaptation.TestTimeAdapted(base=run.augmenter, classifier=run.classifier, spec=spec,
-                                      steps=1, lr=lr, optimizer='sgd', grad_clip=0.0)
+  method = adaptation.TestTimeAdapted(run.objective, steps=1,
+                                      optimizer=OptimizerSettings('sgd', lr, grad_clip=0.0))
   key = jax.random.key(7)
   params = run.initial_params
   adapted, losses = jax.jit(method.adapt)(params, task.support_images, task.support_labels,
@@ -50,9 +53,9 @@ def test_adaptation_takes_meta_gradient_steps_on_the_pseudo_task(tiny_config, ti
                                                   spec.n_way, spec.k_shot)
 
   def pseudo_loss(p):
-    return outer_step.support_query_outcome(
+    return support_query_outcome(
         p, ps_x, ps_y, pq_x, pq_y, rng.task_keys(rng.stream(key, 'adapt'), 0),
-        augmenter=run.augmenter, classifier=run.classifier, spec=spec, consts=consts)[0]
+        run.objective, consts)[0]
 
   loss, grads = jax.jit(jax.value_and_grad(pseudo_loss))(params)
   np.testing.assert_allclose(losses[0], loss, rtol=1e-6)
@@ -70,22 +73,22 @@ def test_adaptation_takes_meta_gradient_steps_on_the_pseudo_task(tiny_config, ti
 
   # A frozen augmenter's leaves are never moved.
   frozen = adaptation.TestTimeAdapted(
-      base=dataclasses.replace(run.augmenter, frozen=True), classifier=run.classifier,
-      spec=spec, steps=2, lr=lr, optimizer='adam', grad_clip=1.0)
+      dataclasses.replace(run.objective,
+                          augmenter=dataclasses.replace(run.augmenter, frozen=True)),
+      steps=2, optimizer=OptimizerSettings('adam', lr, grad_clip=1.0))
   kept, _ = jax.jit(frozen.adapt)(params, task.support_images, task.support_labels, key, consts)
   jax.tree.map(np.testing.assert_array_equal, kept, params)
 
 
 def test_adapted_is_evaluated_only_for_a_trainable_augmenter(tiny_config):
-  from autoaug_jax import train
   with tiny_config.unlocked():
     tiny_config.eval.methods = ('none', 'learned', 'adapted')
-  run = outer_step.setup(tiny_config)
-  methods = train.eval_methods(tiny_config, run, run.initial_params)
+  run = builders.meta_setup(tiny_config)
+  methods = builders.eval_methods(tiny_config, run, run.initial_params)
   assert list(methods) == ['none', 'learned', 'adapted']
   assert isinstance(methods['adapted'][0], adaptation.TestTimeAdapted)
   assert methods['adapted'][0].steps == tiny_config.eval.adapt_steps
   with tiny_config.unlocked():
     tiny_config.augmenter.frozen = True
-  run = outer_step.setup(tiny_config)
-  assert list(train.eval_methods(tiny_config, run, run.initial_params)) == ['none', 'convnet']
+  run = builders.meta_setup(tiny_config)
+  assert list(builders.eval_methods(tiny_config, run, run.initial_params)) == ['none', 'convnet']

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from autoaug_jax import benchmark, data, sharding, tasks
+from autoaug_jax.run import benchmark, setup
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEYS = {'meta_steps_per_s', 'compile_s', 'peak_memory_mb', 'flops_per_meta_step'}
@@ -16,18 +16,19 @@ KEYS = {'meta_steps_per_s', 'compile_s', 'peak_memory_mb', 'flops_per_meta_step'
 @pytest.mark.slow
 def test_flop_extrapolation_matches_a_full_unroll(tiny_config):
   """XLA counts a scan body once; extrapolating from I=2,3 must match I=5 unrolled."""
-  mesh = sharding.make_mesh(1)
-  split = tasks.to_device(data.load_split(tiny_config.data, 'train', tiny_config.image_size))
+  batch = tiny_config.meta_batch_size
   tiny_config.inner.steps = 5
-  direct = benchmark._flops(tiny_config, mesh, split, 5)
-  assert benchmark.flop_count(tiny_config, mesh, split) == pytest.approx(direct, rel=1e-4)
+  run = setup.prepare(tiny_config, ('train',), training=True)
+  direct = benchmark._flops(run, batch, 5)
+  assert benchmark.flop_count(run, batch) == pytest.approx(direct, rel=1e-4)
   tiny_config.inner.steps = 3
-  assert benchmark.flop_count(tiny_config, mesh, split) == benchmark._flops(
-      tiny_config, mesh, split, 3) < direct
+  run = setup.prepare(tiny_config, ('train',), training=True)
+  assert benchmark.flop_count(run, batch) == benchmark._flops(run, batch, 3) < direct
   # Running tasks one at a time (lax.map) must not hide FLOPs from the count.
   tiny_config.task_chunk = 1
-  assert benchmark.flop_count(tiny_config, mesh, split) == benchmark._flops(
-      tiny_config, mesh, split, 3)
+  chunked = setup.prepare(tiny_config, ('train',), training=True)
+  assert chunked.setup.task_chunk == 1
+  assert benchmark.flop_count(chunked, batch) == benchmark._flops(run, batch, 3)
 
 
 def test_benchmark_result(tiny_config):

@@ -9,7 +9,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from autoaug_jax.checkpointing import MANIFEST, CheckpointError, Checkpoints
+from autoaug_jax.run.checkpointing import MANIFEST, CheckpointError, Checkpoints
 
 
 def _state(value: float, shape=(3, 4)):

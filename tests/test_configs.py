@@ -5,7 +5,8 @@ import pathlib
 import pytest
 from conftest import REPO, load_config
 
-from autoaug_jax.config_schema import ConfigError, validate
+from autoaug_jax.config.validation import validate
+from autoaug_jax.errors import ConfigError
 
 CONFIGS = sorted(p.stem for p in (REPO / 'configs').glob('*.py'))
 
@@ -38,7 +39,7 @@ def test_paper_config_matches_section_4_1():
 
 
 def test_combinations_cover_both_classifiers_and_four_augmenters():
-  from autoaug_jax.config_schema import config_from_file
+  from autoaug_jax.config.schema import config_from_file
   path = REPO / 'configs' / 'combinations.py'
   seen = set()
   for clf in ('convnet', 'resnet50'):

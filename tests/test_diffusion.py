@@ -19,11 +19,12 @@ import pytest
 from conftest import REPO, load_config
 from diffusion_fixtures import WIDTH, diffusion_config, save_tiny_clip_vision, save_tiny_sd
 
-from autoaug_jax import outer_step, sharding, stable_diffusion, tasks
-from autoaug_jax.augmenters import make_augmenter
 from autoaug_jax.augmenters.diffusion import prompt_layout
-from autoaug_jax.config_schema import ConfigError, validate
-from autoaug_jax.resnet import WeightsError
+from autoaug_jax.config import builders
+from autoaug_jax.config.validation import validate
+from autoaug_jax.core import sharding, tasks
+from autoaug_jax.errors import ConfigError, WeightsError
+from autoaug_jax.pretrained import stable_diffusion
 
 
 @pytest.fixture(scope='module')
@@ -48,7 +49,7 @@ def test_sampler_equals_the_stock_diffusers_pipeline(sd_dir):
 
   config = diffusion_config(load_config('tiny'), sd_dir)
   config.augmenter.num_inference_steps = 3
-  aug = make_augmenter(config.augmenter, n_way=3)
+  aug = builders.augmenter(config)
   consts = aug.constants(0)
   words = aug.sd.tokenize('ab')
   assert len(words) == config.augmenter.num_prompt_tokens == 2
@@ -92,7 +93,7 @@ def test_sampler_equals_the_stock_diffusers_pipeline(sd_dir):
 def test_shapes_range_and_per_class_soft_prompts(sd_dir, tiny_config):
   config = diffusion_config(tiny_config, sd_dir)
   config.augmenter.factor = 2
-  aug = make_augmenter(config.augmenter, n_way=3)
+  aug = builders.augmenter(config)
   params, consts = aug.init(jax.random.key(0), (16, 16, 3)), aug.constants(0)
   images, labels = _images()
   augment = jax.jit(aug.augment)
@@ -160,7 +161,7 @@ def test_scan_equals_a_python_loop_with_and_without_remat_and_truncation(sd_dir)
     config = diffusion_config(load_config('tiny'), sd_dir)
     for key, value in changes.items():
       config.augmenter[key] = value
-    return make_augmenter(config.augmenter, n_way=3)
+    return builders.augmenter(config)
 
   aug = build()
   params, consts = aug.init(jax.random.key(0), (16, 16, 3)), aug.constants(0)
@@ -202,8 +203,8 @@ def test_frozen_weights_are_an_unchanging_argument(sd_dir, tiny_config, tiny_spl
   recompile for other weights), absent from the state and unchanged."""
   config = diffusion_config(tiny_config, sd_dir)
   mesh = sharding.make_mesh(1)
-  run = outer_step.setup(config)
-  host = jax.tree.map(np.array, run.augmenter_consts)
+  run = builders.meta_setup(config)
+  host = jax.tree.map(np.array, run.constants.augmenter)
   split = tasks.to_device(tiny_splits['train'], sharding.replicated(mesh))
   step = run.meta_step(mesh, config.meta_batch_size)
   consts = run.placed_constants(mesh)
@@ -214,9 +215,9 @@ def test_frozen_weights_are_an_unchanging_argument(sd_dir, tiny_config, tiny_spl
   assert np.isfinite(float(metrics['meta_loss'])) and float(metrics['grad_norm']) > 0
   moved = jax.tree.map(lambda a, b: not np.array_equal(a, np.asarray(b)), before, state.params)
   assert all(jax.tree.leaves(moved))
-  jax.tree.map(np.testing.assert_array_equal, host, jax.device_get(consts['augmenter']))
-  jax.tree.map(np.testing.assert_array_equal, host, run.augmenter_consts)
-  other = {**consts, 'augmenter': jax.tree.map(lambda w: w * 0.9, consts['augmenter'])}
+  jax.tree.map(np.testing.assert_array_equal, host, jax.device_get(consts.augmenter))
+  jax.tree.map(np.testing.assert_array_equal, host, run.constants.augmenter)
+  other = consts.replace(augmenter=jax.tree.map(lambda w: w * 0.9, consts.augmenter))
   _, m2 = step(run.init_state(mesh), split, other)
   assert step._cache_size() == 1 and float(m2['meta_loss']) != float(metrics['meta_loss'])
 
@@ -226,7 +227,7 @@ def test_clip_vit_prompt_net_loads_and_trains(sd_dir, clip_dir, tiny_config):
   from transformers import FlaxCLIPVisionModel
   config = diffusion_config(tiny_config, sd_dir, prompt_net='clip_vit', clip_dir=clip_dir)
   validate(config)
-  aug = make_augmenter(config.augmenter, n_way=3)
+  aug = builders.augmenter(config)
   params = aug.init(jax.random.key(0), (16, 16, 3))
   saved = FlaxCLIPVisionModel.from_pretrained(str(clip_dir)).params
   jax.tree.map(np.testing.assert_array_equal, dict(saved), params['vit'])
@@ -278,7 +279,7 @@ def test_bad_inputs_are_refused_with_their_fix(sd_dir, tmp_path, tiny_config):
   # Refused by validate, or (model-dependent) when the augmenter is built; both
   # before anything compiles.
   def build(config):
-    make_augmenter(config.augmenter, n_way=3)
+    builders.augmenter(config)
 
   for key, value, message, check in [
       ('backprop_last_k', 3, r'backprop_last_k=3 must lie in 0..num_inference_steps=2', validate),
@@ -296,7 +297,7 @@ def test_bad_inputs_are_refused_with_their_fix(sd_dir, tmp_path, tiny_config):
     bad.augmenter[key] = value
     with pytest.raises(ConfigError, match=message):
       check(bad)
-  aug = make_augmenter(diffusion_config(load_config('tiny'), sd_dir).augmenter, n_way=3)
+  aug = builders.augmenter(diffusion_config(load_config('tiny'), sd_dir))
   with pytest.raises(ValueError, match='needs its frozen weights'):
     aug.augment({}, *_images(), jax.random.key(0), {})
 

@@ -1,15 +1,24 @@
 """Paired evaluation and its statistics, and the report files."""
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 import scipy.stats
 
-from autoaug_jax import evaluation, outer_step, report, sharding, tasks
-from autoaug_jax.augmenters import make_augmenter
+from autoaug_jax import statistics
+from autoaug_jax.config import builders
+from autoaug_jax.core import evaluation, meta_step, sharding, tasks
+from autoaug_jax.run import figures, report
+from autoaug_jax.types import Constants
 
-NO_CONSTS = {'classifier': {}, 'augmenter': {}}
+NO_CONSTS = Constants()
+
+
+def _with(run, name, config):
+  """The run's objective with augmenter `name`."""
+  return dataclasses.replace(run.objective, augmenter=builders.augmenter(config, name))
 
 
 def test_summary_matches_paired_t_interval():
@@ -17,7 +26,7 @@ def test_summary_matches_paired_t_interval():
   base = rs.uniform(0.3, 0.9, 50)
   better = np.clip(base + rs.normal(0.05, 0.05, 50), 0, 1)
   same = base + rs.normal(0, 0.05, 50)
-  rows = {r.method: r for r in evaluation.summarize(
+  rows = {r.method: r for r in statistics.summarize(
       {'none': base, 'better': better, 'same': same})}
   ci = scipy.stats.ttest_rel(better, base).confidence_interval(0.95)
   assert rows['better'].delta == pytest.approx((better - base).mean())
@@ -31,16 +40,16 @@ def test_summary_matches_paired_t_interval():
 
 def test_summary_refuses_unpaired_inputs():
   with pytest.raises(ValueError, match="baseline 'none' was not evaluated"):
-    evaluation.summarize({'fixed': np.ones(3)})
+    statistics.summarize({'fixed': np.ones(3)})
   with pytest.raises(ValueError, match='paired deltas need the same tasks'):
-    evaluation.summarize({'none': np.ones(3), 'fixed': np.ones(4)})
+    statistics.summarize({'none': np.ones(3), 'fixed': np.ones(4)})
 
 
 @pytest.fixture
 def eval_setup(tiny_config, tiny_splits):
   mesh = sharding.make_mesh(1)
   dev = tasks.to_device(tiny_splits['test'])
-  run = outer_step.setup(tiny_config)
+  run = builders.meta_setup(tiny_config)
   return tiny_config, mesh, dev, run
 
 
@@ -49,9 +58,10 @@ def test_methods_see_the_same_tasks(eval_setup):
   stream = evaluation.eval_stream(0, 'test')
   seen = {}
   for name in ('none', 'duplicate', 'convnet'):
-    aug = make_augmenter(config.augmenter, name)
-    params = outer_step.init_params(aug, run.spec, 0)
-    seen[name] = evaluation.example_augmentations(aug, params, dev, run.spec, stream, index=3)
+    aug = builders.augmenter(config, name)
+    params = meta_step.init_params(aug, run.objective.task.image_shape, 0)
+    seen[name] = evaluation.example_augmentations(aug, params, dev, run.objective.task, stream,
+                                                  index=3)
   np.testing.assert_array_equal(seen['none'][0], seen['duplicate'][0])
   np.testing.assert_array_equal(seen['none'][0], seen['convnet'][0])
   np.testing.assert_array_equal(seen['duplicate'][1], seen['duplicate'][0])
@@ -62,11 +72,9 @@ def test_methods_see_the_same_tasks(eval_setup):
 def test_results_do_not_depend_on_batching(eval_setup):
   config, mesh, dev, run = eval_setup
   stream = evaluation.eval_stream(0, 'test')
-  none = make_augmenter(config.augmenter, 'none')
-  one_batch = evaluation.evaluate(none, {}, dev, run.classifier, run.spec, mesh, stream, 5, 5,
-                                  consts=NO_CONSTS)
-  batched = evaluation.evaluate(none, {}, dev, run.classifier, run.spec, mesh, stream, 5, 2,
-                                consts=NO_CONSTS)
+  none = _with(run, 'none', config)
+  one_batch = evaluation.evaluate(none, {}, dev, mesh, stream, 5, 5, consts=NO_CONSTS)
+  batched = evaluation.evaluate(none, {}, dev, mesh, stream, 5, 2, consts=NO_CONSTS)
   np.testing.assert_array_equal(one_batch.accuracy, batched.accuracy)
   assert one_batch.accuracy.shape == (5,) and not one_batch.diverged.any()
 
@@ -74,7 +82,7 @@ def test_results_do_not_depend_on_batching(eval_setup):
 def test_report_files(tmp_path):
   rs = np.random.default_rng(1)
   accs = {'none': rs.uniform(size=20), 'learned': rs.uniform(size=20)}
-  rows = evaluation.summarize(accs)
+  rows = statistics.summarize(accs)
   examples = {m: (rs.uniform(size=(4, 8, 8, 3)), rs.uniform(size=(8, 8, 8, 3))) for m in accs}
   examples['none'] = (examples['none'][0], np.zeros((0, 8, 8, 3)))
   paths = report.write_report(str(tmp_path), rows, accs, examples,
@@ -85,7 +93,7 @@ def test_report_files(tmp_path):
   assert len(results['per_task_accuracy']['learned']) == 20
   for name in ('deltas.png', 'augmentations.png'):
     assert (tmp_path / name).read_bytes()[:4] == b'\x89PNG', paths[name]
-  grid = report.augmentation_grid(examples)
+  grid = figures.augmentation_grid(examples)
   assert grid.shape == (4 * 10, 4 * 10, 3) and grid.dtype == np.uint8
   # The 'none' synthetic row is blank (white): nothing was generated.
   assert (grid[10:20] == 255).all()
@@ -93,11 +101,10 @@ def test_report_files(tmp_path):
 
 def test_eval_fn_compiles_once_per_method(eval_setup):
   config, mesh, dev, run = eval_setup
-  none = make_augmenter(config.augmenter, 'none')
-  fn = evaluation.make_eval_fn(none, run.classifier, run.spec, mesh)
+  none = _with(run, 'none', config)
+  fn = evaluation.make_eval_fn(none, mesh)
   stream = evaluation.eval_stream(0, 'test')
-  evaluation.evaluate(none, {}, dev, run.classifier, run.spec, mesh, stream, 6, 2, eval_fn=fn,
-                      consts=NO_CONSTS)
+  evaluation.evaluate(none, {}, dev, mesh, stream, 6, 2, eval_fn=fn, consts=NO_CONSTS)
   assert fn._cache_size() == 1
 
 
@@ -105,19 +112,20 @@ def test_eval_fn_compiles_once_per_method(eval_setup):
 def test_a_diverged_classifier_is_counted_not_scored(eval_setup, tmp_path):
   """NaN logits would be 'predictions' of whatever argmax makes of them: such tasks
   score 0, are counted and appear in the report."""
-  import dataclasses
   config, mesh, dev, run = eval_setup
   stream = evaluation.eval_stream(0, 'test')
-  exploding = dataclasses.replace(run.spec, inner_lr=1e30)  # the inner SGD diverges
-  bad = evaluation.evaluate(run.augmenter, run.initial_params, dev, run.classifier, exploding,
-                            mesh, stream, 4, 4, consts=NO_CONSTS)
+  # The inner SGD diverges.
+  exploding = dataclasses.replace(run.objective,
+                                  inner=dataclasses.replace(run.objective.inner, lr=1e30))
+  bad = evaluation.evaluate(exploding, run.initial_params, dev, mesh, stream, 4, 4,
+                            consts=NO_CONSTS)
   assert bad.diverged.all() and bad.num_diverged == 4
   np.testing.assert_array_equal(bad.accuracy, np.zeros(4))
-  good = evaluation.evaluate(run.augmenter, run.initial_params, dev, run.classifier, run.spec,
-                             mesh, stream, 4, 4, consts=NO_CONSTS)
+  good = evaluation.evaluate(run.objective, run.initial_params, dev, mesh, stream, 4, 4,
+                             consts=NO_CONSTS)
   assert not good.diverged.any()
   accs = {'none': good.accuracy, 'learned': bad.accuracy}
-  rows = evaluation.summarize(accs, diverged={'learned': 4})
+  rows = statistics.summarize(accs, diverged={'learned': 4})
   assert [r.diverged for r in rows] == [0, 4]
   examples = {m: (np.zeros((2, 8, 8, 3)), np.zeros((2, 8, 8, 3))) for m in accs}
   report.write_report(str(tmp_path), rows, accs, examples, header={}, config_json='{}',

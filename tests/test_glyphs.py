@@ -5,8 +5,9 @@ import os
 import numpy as np
 import pytest
 
-from autoaug_jax import data
+from autoaug_jax.config.validation import validate
 from autoaug_jax.data import glyphs
+from autoaug_jax.errors import ConfigError
 
 
 def test_classes_and_split_sizes():
@@ -57,7 +58,7 @@ def test_load_split(tiny_config, tiny_splits, split, classes):
 
 def test_unknown_split_and_dataset(tiny_config):
   with pytest.raises(ValueError, match='Unknown split'):
-    glyphs.load_split(tiny_config.data, 'holdout', 16)
+    glyphs.load_split('holdout', 16, images_per_class=2)
   tiny_config.data.name = 'imagenet21k'
-  with pytest.raises(ValueError, match="data.name='imagenet21k' is unknown"):
-    data.load_split(tiny_config.data, 'train', 16)
+  with pytest.raises(ConfigError, match="data.name='imagenet21k' is unknown"):
+    validate(tiny_config)

@@ -1,6 +1,6 @@
 """The meta-gradient: exact (finite differences), and equal across equivalent programs.
 
-Checks the claims of inner_loop.py and outer_step.py: differentiating the
+Checks the claims of core/inner_loop.py and core/objective.py: differentiating the
 scan equals differentiating a plain Python loop; remat changes memory, not
 numbers; vmap over tasks equals a loop over tasks; a first-order
 approximation would give the augmenter no gradient at all.
@@ -13,21 +13,24 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from autoaug_jax import outer_step, rng, sharding, tasks
-from autoaug_jax.inner_loop import cross_entropy, train_classifier
+from autoaug_jax.config import builders
+from autoaug_jax.core import objective, rng, sharding, tasks
+from autoaug_jax.core.inner_loop import cross_entropy, train_classifier
 
 
-def _problem(config, split, **spec_overrides):
+def _problem(config, split, remat=None):
   """(meta_loss(params) -> mean query loss, initial params, setup) on the tiny train split."""
   mesh = sharding.make_mesh(1)
   dev = tasks.to_device(split)
-  run = outer_step.setup(config, **spec_overrides)
+  if remat is not None:
+    config.inner.remat = remat
+  run = builders.meta_setup(config)
   key = jax.random.fold_in(rng.stream(rng.root_key(0), 'train'), 7)
 
   def meta_loss(params):
-    losses, _ = outer_step.batched_outcomes(
-        params, dev, key, jnp.arange(config.meta_batch_size), augmenter=run.augmenter,
-        classifier=run.classifier, spec=run.spec, mesh=mesh, consts=run.constants)
+    losses, _ = objective.batched_outcomes(
+        params, dev, key, jnp.arange(config.meta_batch_size), run.objective, run.constants,
+        mesh=mesh, task_chunk=run.task_chunk)
     return losses.mean()
 
   return meta_loss, run.initial_params, run
@@ -83,8 +86,7 @@ def _python_loop(classifier, params, features, labels, steps, lr):
 
 
 def test_scan_equals_python_loop_values_and_gradients(tiny_config):
-  run = outer_step.setup(tiny_config)
-  clf = run.classifier
+  clf = builders.classifier(tiny_config)
   params0 = clf.init(jax.random.key(0), (16, 16, 3), {})
   x = jax.random.uniform(jax.random.key(1), (6, 16, 16, 3)) * 2 - 1
   y = jnp.array([0, 1, 2, 0, 1, 2])
@@ -128,9 +130,8 @@ def test_vmap_over_tasks_equals_loop_over_tasks(tiny_config, tiny_splits, task_c
   def looped(p):
     losses = []
     for i in range(3):
-      loss, _ = outer_step.task_outcome(p, dev, rng.task_keys(key, i), augmenter=run.augmenter,
-                                        classifier=run.classifier, spec=run.spec,
-                                        consts=run.constants)
+      loss, _ = objective.task_outcome(p, dev, rng.task_keys(key, i), run.objective,
+                                       run.constants)
       losses.append(loss)
     return jnp.stack(losses).mean()
 
@@ -143,7 +144,7 @@ def test_vmap_over_tasks_equals_loop_over_tasks(tiny_config, tiny_splits, task_c
 @pytest.mark.slow
 def test_first_order_approximation_gives_zero_augmenter_gradient(tiny_config, tiny_splits):
   """Why there is no first-order option: S' reaches the query loss only via inner gradients."""
-  import autoaug_jax.inner_loop as inner
+  import autoaug_jax.core.inner_loop as inner
 
   def first_order(classifier, params, features, labels, *, steps, lr, remat, unroll=False):
     def step(p, _):
@@ -154,7 +155,7 @@ def test_first_order_approximation_gives_zero_augmenter_gradient(tiny_config, ti
 
   with pytest.MonkeyPatch.context() as mp:
     mp.setattr(inner, 'train_classifier', first_order)
-    mp.setattr(outer_step, 'train_classifier', first_order)
+    mp.setattr(objective, 'train_classifier', first_order)
     meta_loss, params, _ = _problem(tiny_config, tiny_splits['train'])
     grads = jax.grad(meta_loss)(params)
   assert np.all(_flat(grads) == 0.0)
@@ -162,21 +163,24 @@ def test_first_order_approximation_gives_zero_augmenter_gradient(tiny_config, ti
   assert np.abs(_flat(jax.grad(exact)(params))).max() > 0
 
 
-def test_spec_is_hashable_and_static(tiny_config):
-  spec = outer_step.TaskSpec.from_config(tiny_config)
-  assert hash(spec) == hash(dataclasses.replace(spec))
+def test_objective_is_hashable_and_static(tiny_config):
+  """jit closes over the objective: equal settings must hash (and compare) equal."""
+  a = builders.meta_setup(tiny_config).objective
+  b = dataclasses.replace(a, task=builders.task_spec(tiny_config),
+                          inner=builders.inner_loop(tiny_config))
+  assert hash(a) == hash(b) and a == b
+  assert a != dataclasses.replace(a, inner=dataclasses.replace(a.inner, steps=4))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize('size', [12, 84])
 def test_other_image_sizes_run_end_to_end(tiny_config, size):
   """Any multiple of 4 works: the augmenter halves and doubles, the classifier floors pools."""
-  from autoaug_jax import data
   tiny_config.image_size = size
   tiny_config.data.images_per_class = 4
   tiny_config.task.k_shot, tiny_config.task.q_query = 1, 1
   tiny_config.inner.steps = 1
-  split = data.load_split(tiny_config.data, 'train', size)
+  split = builders.load_data_split(tiny_config.data, 'train', size)
   assert split.images.shape[1:] == (size, size, 3)
   meta_loss, params, _ = _problem(tiny_config, split)
   loss, grads = jax.jit(jax.value_and_grad(meta_loss))(params)

@@ -13,11 +13,11 @@ import tensorflow_datasets as tfds
 from conftest import REPO, load_config
 from PIL import Image
 
-from autoaug_jax import tasks
-from autoaug_jax.config_schema import ConfigError
+from autoaug_jax.config import builders
+from autoaug_jax.core import tasks
 from autoaug_jax.data import images as image_ops
 from autoaug_jax.data import mini_imagenet
-from autoaug_jax.data.split import DataError
+from autoaug_jax.errors import ConfigError, DataError
 
 tfds.disable_progress_bar()
 
@@ -47,7 +47,7 @@ def test_each_layout_converts_and_reads_back_the_same_pixels(tmp_path, layout):
   path = mini_imagenet.prepare(src, str(tmp_path / 'out'), fx.SIZE)
   assert path == mini_imagenet.version_dir(str(tmp_path / 'out'), fx.SIZE)
   for split, names in fx.CLASSES.items():
-    got = mini_imagenet.load_split(data_config(tmp_path / 'out'), split, fx.SIZE)
+    got = builders.load_data_split(data_config(tmp_path / 'out'), split, fx.SIZE)
     assert got.class_names == names
     assert got.images.shape == (len(names) * fx.PER_CLASS, fx.SIZE, fx.SIZE, 3)
     for c, name in enumerate(names):
@@ -58,7 +58,7 @@ def test_each_layout_converts_and_reads_back_the_same_pixels(tmp_path, layout):
 def test_files_one_folder_down_are_found(tmp_path):
   fx.write_rfs(str(tmp_path / 'src' / 'miniImageNet'))
   mini_imagenet.prepare(str(tmp_path / 'src'), str(tmp_path / 'out'), fx.SIZE)
-  assert mini_imagenet.load_split(data_config(tmp_path / 'out'), 'test', 16).num_classes == 3
+  assert builders.load_data_split(data_config(tmp_path / 'out'), 'test', 16).num_classes == 3
 
 
 def test_upscaled_to_the_paper_size_and_to_84(tmp_path):
@@ -67,7 +67,7 @@ def test_upscaled_to_the_paper_size_and_to_84(tmp_path):
     mini_imagenet.prepare(src, str(tmp_path / 'out'), size)
   assert mini_imagenet.prepared_sizes(str(tmp_path / 'out')) == [84, 128]
   for size in (84, 128):
-    got = mini_imagenet.load_split(data_config(tmp_path / 'out'), 'test', size)
+    got = builders.load_data_split(data_config(tmp_path / 'out'), 'test', size)
     original = fx.class_images(fx.CLASSES['test'][2])
     np.testing.assert_array_equal(got.images[got.labels == 2],
                                   image_ops.resize_all(original, size))
@@ -76,7 +76,7 @@ def test_upscaled_to_the_paper_size_and_to_84(tmp_path):
 def test_resized_once_with_antialiasing(tmp_path):
   src = fx.write_learn2learn(str(tmp_path / 'src'))
   mini_imagenet.prepare(src, str(tmp_path / 'out'), 8)
-  got = mini_imagenet.load_split(data_config(tmp_path / 'out'), 'train', 8)
+  got = builders.load_data_split(data_config(tmp_path / 'out'), 'train', 8)
   original = fx.class_images(fx.CLASSES['train'][0])[0]
   np.testing.assert_array_equal(got.images[0], image_ops.resize(original, 8))
   # Antialiased 2x reduction is close to the 2x2 box average; nearest-neighbour is not.
@@ -86,10 +86,10 @@ def test_resized_once_with_antialiasing(tmp_path):
 
 
 def test_seeded_subset_per_class(prepared):
-  full = mini_imagenet.load_split(data_config(prepared), 'train', 16)
-  a = mini_imagenet.load_split(data_config(prepared, per_class=4), 'train', 16)
-  b = mini_imagenet.load_split(data_config(prepared, per_class=4), 'train', 16)
-  c = mini_imagenet.load_split(data_config(prepared, per_class=4, seed=1), 'train', 16)
+  full = builders.load_data_split(data_config(prepared), 'train', 16)
+  a = builders.load_data_split(data_config(prepared, per_class=4), 'train', 16)
+  b = builders.load_data_split(data_config(prepared, per_class=4), 'train', 16)
+  c = builders.load_data_split(data_config(prepared, per_class=4, seed=1), 'train', 16)
   assert a.class_counts().tolist() == [4, 4, 4, 4]
   np.testing.assert_array_equal(a.images, b.images)
   assert not np.array_equal(a.images, c.images)
@@ -99,7 +99,7 @@ def test_seeded_subset_per_class(prepared):
 
 
 def test_task_from_a_converted_dataset(prepared):
-  split = mini_imagenet.load_split(data_config(prepared), 'train', 16)
+  split = builders.load_data_split(data_config(prepared), 'train', 16)
   device_split = tasks.to_device(split)
   task = jax.jit(lambda k: tasks.sample_task(device_split, k, n_way=3, k_shot=2, q_query=3))(
       jax.random.key(0))
@@ -124,7 +124,7 @@ def test_task_from_a_converted_dataset(prepared):
 
 
 def test_class_shorter_than_k_plus_q_is_named(prepared):
-  split = mini_imagenet.load_split(data_config(prepared, per_class=3), 'val', 16)
+  split = builders.load_data_split(data_config(prepared, per_class=3), 'val', 16)
   with pytest.raises(ConfigError, match=r"k_shot \+ task.q_query = 5.*'n02000001'"):
     tasks.check_task_shape(split, 3, 2, 3)
 
@@ -193,9 +193,9 @@ def test_unreadable_and_grey_jpegs(tmp_path):
     mini_imagenet.prepare(src, str(tmp_path / 'out'), 16)
   assert not os.path.exists(mini_imagenet.version_dir(str(tmp_path / 'out'), 16))
   mini_imagenet.prepare(src, str(tmp_path / 'out'), 16, skip_unreadable=True)
-  val = mini_imagenet.load_split(data_config(tmp_path / 'out'), 'val', 16)
+  val = builders.load_data_split(data_config(tmp_path / 'out'), 'val', 16)
   assert val.class_counts().tolist() == [5, 6, 6]
-  test = mini_imagenet.load_split(data_config(tmp_path / 'out'), 'test', 16)
+  test = builders.load_data_split(data_config(tmp_path / 'out'), 'test', 16)
   img = test.images[test.labels == 1][1]
   assert np.array_equal(img[..., 0], img[..., 1]) and np.array_equal(img[..., 0], img[..., 2])
 
@@ -252,7 +252,7 @@ def test_home_relative_paths(tmp_path, monkeypatch):
   path = mini_imagenet.prepare('~/src', '~/tensorflow_datasets', 16)
   assert path.startswith(str(tmp_path / 'tensorflow_datasets'))
   cfg = data_config('')  # '' = ~/tensorflow_datasets, like TFDS
-  assert mini_imagenet.load_split(cfg, 'test', 16).num_classes == 3
+  assert builders.load_data_split(cfg, 'test', 16).num_classes == 3
 
 
 def test_stale_temporary_folders_are_removed_running_ones_kept(tmp_path):
@@ -286,11 +286,11 @@ def test_interrupted_conversion_leaves_no_dataset(tmp_path, monkeypatch):
   assert mini_imagenet.prepared_sizes(str(out)) == []
   assert not [p for p in os.listdir(out) if p.startswith('.prepare-tmp')]
   with pytest.raises(DataError, match='No prepared MiniImagenet.*autoaug_jax.data.prepare'):
-    mini_imagenet.load_split(data_config(out), 'train', 16)
+    builders.load_data_split(data_config(out), 'train', 16)
 
 
 def test_memory_check_refuses_a_split_that_does_not_fit(prepared, monkeypatch):
-  split = mini_imagenet.load_split(data_config(prepared), 'train', 16)
+  split = builders.load_data_split(data_config(prepared), 'train', 16)
   monkeypatch.setattr(tasks, '_free_bytes', lambda device: (split.images.nbytes, 'test memory'))
   with pytest.raises(ConfigError, match=r'does not fit.*data.images_per_class'):
     tasks.check_memory([split], jax.devices())

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from resnet_fixtures import TINY, save_tiny_resnet
 
-from autoaug_jax import resnet
+from autoaug_jax.errors import WeightsError
+from autoaug_jax.pretrained import resnet
 
 
 @pytest.fixture(scope='module')
@@ -27,7 +28,7 @@ def test_loads_through_from_pretrained(saved):
   jax.tree.map(np.testing.assert_array_equal, loaded.variables, model.params)
   assert resnet.load(str(path), expected=loaded.arch).arch == loaded.arch
   other = resnet.Architecture(8, (8, 16, 16, 32), (1, 2, 1, 1))
-  with pytest.raises(resnet.WeightsError, match=r'tiny-resnet: weights for .* expected .* the '
+  with pytest.raises(WeightsError, match=r'tiny-resnet: weights for .* expected .* the '
                                                 r'directory changed after the run was configured'):
     resnet.load(str(path), expected=other)
 
@@ -67,13 +68,13 @@ def test_random_init_is_resnet50_shaped_without_weights():
 
 
 def test_missing_or_wrong_directories(tmp_path):
-  with pytest.raises(resnet.WeightsError, match=r'No ResNet weights directory at .*nowhere.*'
+  with pytest.raises(WeightsError, match=r'No ResNet weights directory at .*nowhere.*'
                                                 'save_pretrained'):
     resnet.load(str(tmp_path / 'nowhere'))
-  with pytest.raises(resnet.WeightsError, match='no config.json'):
+  with pytest.raises(WeightsError, match='no config.json'):
     resnet.load(str(tmp_path))
   (tmp_path / 'config.json').write_text(json.dumps({'model_type': 'resnet'}))
-  with pytest.raises(resnet.WeightsError, match='holds no weights'):
+  with pytest.raises(WeightsError, match='holds no weights'):
     resnet.load(str(tmp_path))
 
 
@@ -85,5 +86,5 @@ def test_pytorch_only_directory_needs_torch(tmp_path):
     pass
   (tmp_path / 'config.json').write_text(json.dumps({'model_type': 'resnet'}))
   (tmp_path / 'model.safetensors').write_bytes(b'')
-  with pytest.raises(resnet.WeightsError, match=r'only PyTorch weights.*torch'):
+  with pytest.raises(WeightsError, match=r'only PyTorch weights.*torch'):
     resnet.load(str(tmp_path))

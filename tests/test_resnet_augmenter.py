@@ -7,9 +7,11 @@ import pytest
 from resnet_fixtures import save_tiny_resnet
 from test_meta_gradient import _problem as meta_problem
 
-from autoaug_jax import outer_step, resnet, sharding, tasks
-from autoaug_jax.augmenters import make_augmenter
-from autoaug_jax.config_schema import ConfigError, validate
+from autoaug_jax.config import builders
+from autoaug_jax.config.validation import validate
+from autoaug_jax.core import sharding, tasks
+from autoaug_jax.errors import ConfigError
+from autoaug_jax.pretrained import resnet
 
 
 @pytest.fixture(scope='module')
@@ -31,7 +33,7 @@ def resnet_config(config, weights, frozen):
 @pytest.mark.slow
 @pytest.mark.parametrize('size', [16, 32])
 def test_synthetic_images_shape_and_range(tiny_config, weights, size):
-  augmenter = make_augmenter(resnet_config(tiny_config, weights, True).augmenter)
+  augmenter = builders.augmenter(resnet_config(tiny_config, weights, True))
   assert augmenter.mean == (0.5, 0.5, 0.5)  # from the directory's preprocessor_config.json
   params = augmenter.init(jax.random.key(0), (size, size, 3))
   images = jax.random.uniform(jax.random.key(1), (4, size, size, 3))
@@ -57,7 +59,7 @@ def _dot(a, b):
 @pytest.mark.slow
 def test_augmenter_gradient_matches_finite_differences(tiny_config, weights):
   """Trunk and decoder gradients of a smooth function of S' against central differences."""
-  augmenter = make_augmenter(resnet_config(tiny_config, weights, False).augmenter)
+  augmenter = builders.augmenter(resnet_config(tiny_config, weights, False))
   with jax.enable_x64(True):
     params = augmenter.init(jax.random.key(0), (32, 32, 3))  # 32: the decoder's own size
     # Non-zero decoder biases: with the fresh zeros, every pixel where the trunk's
@@ -121,7 +123,7 @@ def test_meta_gradient_reaches_trunk_and_decoder_consistently(tiny_config, tiny_
 def test_frozen_trunk_gets_exactly_zero_update(tiny_config, tiny_splits, weights, frozen):
   config = resnet_config(tiny_config, weights, frozen)
   mesh = sharding.make_mesh(1)
-  run = outer_step.setup(config)
+  run = builders.meta_setup(config)
   state = run.init_state(mesh)
   before = jax.tree.map(np.asarray, state.params)
   split = tasks.to_device(tiny_splits['train'], sharding.replicated(mesh))

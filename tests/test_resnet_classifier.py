@@ -9,10 +9,13 @@ from resnet_fixtures import save_tiny_resnet
 from test_meta_gradient import _flat, _python_loop, check_directional_derivatives
 from test_meta_gradient import _problem as meta_problem
 
-from autoaug_jax import evaluation, outer_step, resnet, sharding, tasks
-from autoaug_jax.classifiers import ResNetClassifier, make_classifier
-from autoaug_jax.config_schema import ConfigError, validate
-from autoaug_jax.inner_loop import cross_entropy, train_classifier
+from autoaug_jax.classifiers.resnet import ResNetClassifier
+from autoaug_jax.config import builders
+from autoaug_jax.config.validation import validate
+from autoaug_jax.core import evaluation, sharding, tasks
+from autoaug_jax.core.inner_loop import cross_entropy, train_classifier
+from autoaug_jax.errors import ConfigError, WeightsError
+from autoaug_jax.pretrained import resnet
 
 TINY_BLOCKS = 5  # resnet_fixtures.TINY: depths (1, 2, 1, 1)
 
@@ -35,7 +38,7 @@ def resnet_classifier_config(config, weights, trainable_blocks=2, embed_once=Tru
 
 
 def test_loads_through_the_real_path_and_splits_at_the_configured_block(tiny_config, weights):
-  clf = make_classifier(resnet_classifier_config(tiny_config, weights, trainable_blocks=2))
+  clf = builders.classifier(resnet_classifier_config(tiny_config, weights, trainable_blocks=2))
   assert isinstance(clf, ResNetClassifier)
   assert clf.arch.num_blocks == TINY_BLOCKS and clf.first_trained_block == 3
   assert clf.mean == (0.5, 0.5, 0.5)  # the directory's preprocessor_config.json
@@ -58,7 +61,7 @@ def test_loads_through_the_real_path_and_splits_at_the_configured_block(tiny_con
 @pytest.mark.parametrize('trainable_blocks', [0, 2])
 def test_inner_loop_trains_top_and_head_and_leaves_running_stats_alone(
     tiny_config, weights, trainable_blocks):
-  clf = make_classifier(resnet_classifier_config(tiny_config, weights, trainable_blocks))
+  clf = builders.classifier(resnet_classifier_config(tiny_config, weights, trainable_blocks))
   consts = clf.constants(0)
   params0 = clf.init(jax.random.key(0), (16, 16, 3), consts)
   images = jax.random.uniform(jax.random.key(1), (6, 16, 16, 3))
@@ -77,7 +80,7 @@ def test_inner_loop_trains_top_and_head_and_leaves_running_stats_alone(
 
 @pytest.mark.slow
 def test_scan_equals_python_loop(tiny_config, weights):
-  clf = make_classifier(resnet_classifier_config(tiny_config, weights))
+  clf = builders.classifier(resnet_classifier_config(tiny_config, weights))
   consts = clf.constants(0)
   params0 = clf.init(jax.random.key(0), (16, 16, 3), consts)
   x = jax.random.uniform(jax.random.key(1), (6, 16, 16, 3))
@@ -135,15 +138,15 @@ def test_weights_are_an_argument_of_the_compiled_step_not_a_constant(tiny_config
   """Other weights, same executable (no recompile), other numbers; the augmenter learns."""
   config = resnet_classifier_config(tiny_config, weights)
   mesh = sharding.make_mesh(1)
-  run = outer_step.setup(config)
+  run = builders.meta_setup(config)
   split = tasks.to_device(tiny_splits['train'], sharding.replicated(mesh))
   step = run.meta_step(mesh, config.meta_batch_size)
   consts = run.placed_constants(mesh)
   state = run.init_state(mesh)
   before = jax.tree.map(np.asarray, state.params)
   state, m1 = step(state, split, consts)
-  other = {'classifier': jax.tree.map(lambda c: c * 1.5, run.classifier_consts),
-           'augmenter': {}}
+  other = run.constants.replace(
+      classifier=jax.tree.map(lambda c: c * 1.5, run.constants.classifier))
   state2 = run.init_state(mesh)
   state2, m2 = step(state2, split, jax.device_put(other, sharding.replicated(mesh)))
   assert step._cache_size() == 1
@@ -151,14 +154,15 @@ def test_weights_are_an_argument_of_the_compiled_step_not_a_constant(tiny_config
   moved = jax.tree.map(lambda a, b: not np.array_equal(a, np.asarray(b)), before, state.params)
   assert all(jax.tree.leaves(moved))
   # The evaluation function too: one executable for any weights.
-  eval_fn = evaluation.make_eval_fn(run.augmenter, run.classifier, run.spec, mesh)
+  eval_fn = evaluation.make_eval_fn(run.objective, mesh)
   stream = evaluation.eval_stream(0, 'test')
-  accs = [evaluation.evaluate(run.augmenter, state.params, split, run.classifier, run.spec, mesh,
-                              stream, 2, 2, consts=c, eval_fn=eval_fn)
+  accs = [evaluation.evaluate(run.objective, state.params, split, mesh, stream, 2, 2,
+                              consts=c, eval_fn=eval_fn)
           for c in (consts, jax.device_put(other, sharding.replicated(mesh)))]
   assert eval_fn._cache_size() == 1 and accs[0].accuracy.shape == accs[1].accuracy.shape == (2,)
   # The host constants the step read are untouched (no donation, no in-place update).
-  jax.tree.map(np.testing.assert_array_equal, run.classifier_consts, resnet.load(weights).variables)
+  jax.tree.map(np.testing.assert_array_equal, run.constants.classifier,
+               resnet.load(weights).variables)
 
 
 def test_bad_classifier_settings_are_refused_before_anything_runs(tiny_config, weights, tmp_path):
@@ -169,9 +173,9 @@ def test_bad_classifier_settings_are_refused_before_anything_runs(tiny_config, w
     resnet_classifier_config(tiny_config, str(tmp_path / 'no-such-dir'))
   empty = tmp_path / 'empty'
   empty.mkdir()
-  with pytest.raises(resnet.WeightsError, match='has no config.json'):
+  with pytest.raises(WeightsError, match='has no config.json'):
     resnet_classifier_config(tiny_config, str(empty))
-  clf = make_classifier(resnet_classifier_config(tiny_config, weights))
+  clf = builders.classifier(resnet_classifier_config(tiny_config, weights))
   with pytest.raises(ValueError, match=r'needs its pre-trained weights: pass '
                                        r'MetaSetup.placed_constants'):
     clf.embed({}, jnp.zeros((1, 16, 16, 3)))  # task_outcome's first use of them
@@ -185,7 +189,7 @@ def test_bad_classifier_settings_are_refused_before_anything_runs(tiny_config, w
 @pytest.mark.slow
 def test_training_run_and_checkpoint_evaluation_with_the_resnet_classifier(tiny_config, weights,
                                                                            tmp_path):
-  from autoaug_jax import train
+  from autoaug_jax.run import evaluate, train
   config = resnet_classifier_config(tiny_config, weights)
   config.num_meta_steps = 2
   config.eval.val_every, config.eval.val_tasks = 2, 4
@@ -195,5 +199,5 @@ def test_training_run_and_checkpoint_evaluation_with_the_resnet_classifier(tiny_
   assert [r.method for r in rows] == ['none', 'learned']
   report = (tmp_path / 'run' / 'report.md').read_text()
   assert f'resnet50, top 2 of 5 blocks + head tuned, weights: {weights}' in report
-  again = train.evaluate_checkpoint(str(tmp_path / 'run'), 'best')
+  again = evaluate.evaluate_checkpoint(str(tmp_path / 'run'), 'best')
   assert [r.mean_acc for r in again] == [r.mean_acc for r in rows]

@@ -19,10 +19,12 @@ import jax
 import numpy as np
 import pytest
 
-from autoaug_jax import outer_step, sharding, train
-from autoaug_jax import workdir as workdir_lib
-from autoaug_jax.checkpointing import Checkpoints
-from autoaug_jax.config_schema import ConfigError
+from autoaug_jax.config import builders
+from autoaug_jax.core import sharding
+from autoaug_jax.errors import ConfigError, WorkdirError
+from autoaug_jax.run import evaluate, train
+from autoaug_jax.run import workdir as workdir_lib
+from autoaug_jax.run.checkpointing import Checkpoints
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = (f'--config={REPO}/configs/tiny.py', "--config.eval.methods=('none','learned')",
@@ -55,7 +57,7 @@ def _run(workdir, env, point=None, step=0):
 def _states(workdir):
   """Every checkpoint of a workdir on the host: {('latest'|'best', step): state}."""
   config = workdir_lib.load_workdir_config(str(workdir))
-  target = outer_step.setup(config).init_state(sharding.make_mesh(1))
+  target = builders.meta_setup(config).init_state(sharding.make_mesh(1))
   ckpts = Checkpoints(str(workdir), read_only=True)
   out = {}
   for name in ('latest', 'best'):
@@ -145,7 +147,7 @@ def test_evaluate_restores_any_run_with_overrides(tiny_config, tmp_path, caplog,
   workdir = tmp_path / 'run'
   trained = _trained(tiny_config, workdir)
 
-  train.evaluate_checkpoint(str(workdir))
+  evaluate.evaluate_checkpoint(str(workdir))
   assert ('has no best checkpoint (no meta-validation ran, or none is readable); evaluating '
           'the latest') in caplog.text
   plain = json.loads((workdir / 'eval_latest_step4' / 'results.json').read_text())
@@ -154,7 +156,7 @@ def test_evaluate_restores_any_run_with_overrides(tiny_config, tmp_path, caplog,
 
   # Trained at K = 2, evaluated at K = 1 on 3 tasks: its own folder, the overrides reported.
   overrides = {'task.k_shot': 1, 'eval.num_tasks': 3}
-  train.evaluate_checkpoint(str(workdir), overrides=overrides)
+  evaluate.evaluate_checkpoint(str(workdir), overrides=overrides)
   out = workdir / 'eval_latest_step4__eval.num_tasks=3__task.k_shot=1'
   results = json.loads((out / 'results.json').read_text())
   assert len(results['per_task_accuracy']['learned']) == 3
@@ -165,12 +167,12 @@ def test_evaluate_restores_any_run_with_overrides(tiny_config, tmp_path, caplog,
   assert json.loads((workdir / 'eval_latest_step4' / 'results.json').read_text()) == plain
   # An explicit --out_dir holding another evaluation's results is not overwritten, and
   # one that cannot be written is one line.
-  with pytest.raises(train.WorkdirError, match='holds the results of another evaluation'):
-    train.evaluate_checkpoint(str(workdir), out_dir=str(out))
+  with pytest.raises(WorkdirError, match='holds the results of another evaluation'):
+    evaluate.evaluate_checkpoint(str(workdir), out_dir=str(out))
   (tmp_path / 'a_file').write_text('')
-  with pytest.raises(train.WorkdirError, match='Cannot write the evaluation to .*a_file/x.*'
+  with pytest.raises(WorkdirError, match='Cannot write the evaluation to .*a_file/x.*'
                                                'pass --out_dir=DIR'):
-    train.evaluate_checkpoint(str(workdir), out_dir=str(tmp_path / 'a_file' / 'x'))
+    evaluate.evaluate_checkpoint(str(workdir), out_dir=str(tmp_path / 'a_file' / 'x'))
 
   # Architecture changes are refused before anything is restored.
   monkeypatch.setattr(train, 'Checkpoints', None)  # any restore would now fail loudly
@@ -178,7 +180,7 @@ def test_evaluate_restores_any_run_with_overrides(tiny_config, tmp_path, caplog,
                      ('image_size', 32), ('seed', 3)):
     with pytest.raises(ConfigError, match=rf'--config.{key} cannot be overridden when '
                                           'evaluating a trained run'):
-      train.evaluate_checkpoint(str(workdir), overrides={key: value})
+      evaluate.evaluate_checkpoint(str(workdir), overrides={key: value})
   assert sorted(p.name for p in workdir.iterdir() if p.name.startswith('eval_')) == [
       'eval_latest_step4', out.name]
 

@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from autoaug_jax import aggregate, sweep_runner, sweeps, train
-from autoaug_jax import workdir as workdir_lib
-from autoaug_jax.config_schema import ConfigError
+from autoaug_jax.config import sweeps
+from autoaug_jax.errors import ConfigError, NonFiniteLossError, SweepError
+from autoaug_jax.run import aggregate, train
+from autoaug_jax.run import sweep as sweep_runner
+from autoaug_jax.run import workdir as workdir_lib
 
 
 def _read(path):
@@ -237,20 +239,20 @@ def test_a_failed_run_does_not_stop_the_others(tmp_path, monkeypatch):
   def fake_run(config, workdir):
     ran.append(config.task.k_shot)
     if config.task.k_shot == 1:
-      raise train.NonFiniteLossError('Non-finite query_loss at meta-step 3')
+      raise NonFiniteLossError('Non-finite query_loss at meta-step 3')
     _started(workdir, config)
     with open(os.path.join(workdir, 'results.json'), 'w') as f:
       json.dump(_result({'none': [0.5, 0.6, 0.7], 'learned': [0.6, 0.6, 0.8]}), f)
 
   monkeypatch.setattr(train, 'train_and_evaluate', fake_run)
   root = str(tmp_path / 'runs')
-  with pytest.raises(sweep_runner.SweepError, match=r'(?s)1 run\(s\).*k1 seed 0.*Non-finite'):
+  with pytest.raises(SweepError, match=r'(?s)1 run\(s\).*k1 seed 0.*Non-finite'):
     sweep_runner.run_sweep(spec, TINY, root)
   assert ran == [1, 2]
   text = _read(os.path.join(root, 'study', 'results.md'))
   assert '**not finished**: k1 seed 0' in text
   assert '| k2 | learned | 66.67% | +6.67 pp' in text and '| k1 |' not in text
-  with pytest.raises(sweep_runner.SweepError, match=r'Every run of .* failed.*delete its'):
+  with pytest.raises(SweepError, match=r'Every run of .* failed.*delete its'):
     sweep_runner.run_sweep(spec, TINY, str(tmp_path / 'other'), members=('k1',))
 
 

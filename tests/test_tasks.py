@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from autoaug_jax import tasks
-from autoaug_jax.config_schema import ConfigError
+from autoaug_jax.core import tasks
 from autoaug_jax.data.split import FewShotSplit
+from autoaug_jax.errors import ConfigError
 
 
 def _numbered_split(counts, size=4):

@@ -10,10 +10,12 @@ import jax
 import numpy as np
 import pytest
 
-from autoaug_jax import atomic_files, train
-from autoaug_jax import workdir as workdir_lib
-from autoaug_jax.checkpointing import Checkpoints
-from autoaug_jax.config_schema import ConfigError
+from autoaug_jax.config import builders
+from autoaug_jax.core import meta_step, sharding
+from autoaug_jax.errors import ConfigError, NonFiniteLossError, WorkdirError
+from autoaug_jax.run import atomic_files, train
+from autoaug_jax.run import workdir as workdir_lib
+from autoaug_jax.run.checkpointing import Checkpoints
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,9 +29,8 @@ def _quick(config, methods=('none', 'learned')):
 
 def _params(workdir, which='latest'):
   """The checkpointed state of a workdir, on the host."""
-  from autoaug_jax import outer_step, sharding
   config = workdir_lib.load_workdir_config(str(workdir))
-  run = outer_step.setup(config)
+  run = builders.meta_setup(config)
   ckpts = Checkpoints(str(workdir), read_only=True)
   return jax.device_get(ckpts.restore(which, run.init_state(sharding.make_mesh(1)))[0])
 
@@ -82,8 +83,7 @@ def test_non_finite_loss_stops_and_its_advice_works(tiny_config, tmp_path, monke
   # the NaN at step 4, and belongs to the trajectory the lower learning rate replaces.
   config.checkpoint_every = 2
   config.eval.val_every = 1
-  from autoaug_jax import outer_step
-  real = outer_step.MetaSetup.meta_step
+  real = meta_step.MetaSetup.meta_step
 
   def poisoned(self, mesh, batch):
     step_fn = real(self, mesh, batch)
@@ -96,8 +96,8 @@ def test_non_finite_loss_stops_and_its_advice_works(tiny_config, tmp_path, monke
       return state, metrics
     return wrapped
 
-  monkeypatch.setattr(outer_step.MetaSetup, 'meta_step', poisoned)
-  with pytest.raises(train.NonFiniteLossError, match='Non-finite meta_loss at meta-step 4.*'
+  monkeypatch.setattr(meta_step.MetaSetup, 'meta_step', poisoned)
+  with pytest.raises(NonFiniteLossError, match='Non-finite meta_loss at meta-step 4.*'
                                                      r'last good checkpoint is step 2.*'
                                                      r'lower --config.outer.lr') as error:
     train.train_and_evaluate(config, str(tmp_path))
@@ -147,7 +147,7 @@ def test_user_errors_before_anything_compiles(tiny_config, tmp_path):
     train.train_and_evaluate(bad, str(tmp_path / 'c'))
   bad.inner.steps = 2
   (tmp_path / 'file').write_text('not a directory')
-  with pytest.raises(train.WorkdirError, match='Cannot write to --workdir=.*file/run'):
+  with pytest.raises(WorkdirError, match='Cannot write to --workdir=.*file/run'):
     train.train_and_evaluate(bad, str(tmp_path / 'file' / 'run'))
 
 

@@ -15,7 +15,8 @@ import dm_pix as pix
 import jax
 import jax.numpy as jnp
 
-from autoaug_jax.augmenters.base import Augmenter, Params
+from autoaug_jax.augmenters.base import Augmenter, ImageAugmenter
+from autoaug_jax.types import Params
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,17 +24,15 @@ class NoAugmentation(Augmenter):
   factor: int = 1
   frozen: bool = True
 
-  def synthesize(self, params: Params, images: jax.Array, key: jax.Array) -> jax.Array:
-    del params, key
-    return images[None, :0]  # [1, 0, H, W, 3]
-
-  def augment(self, params, images, labels, key, consts=None):
+  def augment(self, params: Params, images: jax.Array, labels: jax.Array, key: jax.Array,
+              consts: Params = None) -> tuple[jax.Array, jax.Array]:
+    """S' is empty: [0, H, W, 3] and [0]."""
     del params, key, consts
     return images[:0], labels[:0]
 
 
 @dataclasses.dataclass(frozen=True)
-class Duplicate(Augmenter):
+class Duplicate(ImageAugmenter):
   factor: int = 1
   frozen: bool = True
 
@@ -55,7 +54,7 @@ def _crop_and_resize(image: jax.Array, key: jax.Array, min_crop: float) -> jax.A
 
 
 @dataclasses.dataclass(frozen=True)
-class FixedAugmentation(Augmenter):
+class FixedAugmentation(ImageAugmenter):
   factor: int = 1
   flip: bool = True
   min_crop: float = 0.7

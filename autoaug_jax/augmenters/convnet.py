@@ -19,7 +19,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from autoaug_jax.augmenters.base import Augmenter, Params
+from autoaug_jax.augmenters.base import ImageAugmenter
+from autoaug_jax.types import Params, float_dtype
 
 
 class EncoderDecoder(nn.Module):
@@ -37,7 +38,7 @@ class EncoderDecoder(nn.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class ConvNetAugmenter(Augmenter):
+class ConvNetAugmenter(ImageAugmenter):
   factor: int = 1
   frozen: bool = False
   noise_std: float = 0.1
@@ -48,7 +49,7 @@ class ConvNetAugmenter(Augmenter):
     return EncoderDecoder(self.latent_channels)
 
   def init(self, key: jax.Array, image_shape: tuple[int, int, int]) -> Params:
-    dtype = jnp.result_type(float)  # float64 under jax.enable_x64 (gradient checks)
+    dtype = float_dtype()
     dummy = jnp.zeros((1, *image_shape), dtype)
     params = self.module.init(key, dummy, jax.random.key(0), self.noise_std)['params']
     return jax.tree.map(lambda p: p.astype(dtype), params)

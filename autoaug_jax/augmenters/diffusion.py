@@ -24,10 +24,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from autoaug_jax import stable_diffusion as sdlib
-from autoaug_jax.augmenters.base import Augmenter, Params
-from autoaug_jax.augmenters.prompt_nets import make_prompt_net
-from autoaug_jax.config_schema import ConfigError
+from autoaug_jax.augmenters.base import Augmenter
+from autoaug_jax.errors import ConfigError
+from autoaug_jax.pretrained import stable_diffusion as sdlib
+from autoaug_jax.types import Params, float_dtype
 
 PROMPT_MODES = ('replace', 'prepend', 'append')
 
@@ -40,12 +40,11 @@ def prompt_layout(sd: sdlib.StableDiffusion, num_tokens: int, mode: str,
   prepend: BOS, s_1..s_P, base prompt, EOS; append: BOS, base prompt, s_1..s_P, EOS;
   padded to L with the tokenizer's pad id.
   """
-  if mode not in PROMPT_MODES:
-    raise ConfigError(f'augmenter.prompt_mode={mode!r} is unknown; choose one of {PROMPT_MODES}.')
+  if mode not in PROMPT_MODES or (mode == 'replace' and base_prompt):
+    # The config's values are checked by config.validation; this guards direct calls.
+    raise ValueError(f'prompt mode {mode!r} with base prompt {base_prompt!r}: choose one of '
+                     f'{PROMPT_MODES}, and no base prompt with replace.')
   words = sd.tokenize(base_prompt)
-  if mode == 'replace' and words:
-    raise ConfigError("augmenter.prompt_mode='replace' ignores augmenter.base_prompt; set "
-                     "prompt_mode to 'prepend' or 'append' to use it, or clear base_prompt.")
   soft = [-(i + 1) for i in range(num_tokens)]  # placeholders, negative to tell them apart
   body = soft if mode == 'replace' else (soft + words if mode == 'prepend' else words + soft)
   seq = [sd.bos_id, *body, sd.eos_id]
@@ -186,7 +185,7 @@ class DiffusionAugmenter(Augmenter):
     context = self.with_unconditional(consts, context)
     h = self.generate_size // self.sd.vae_scale
     latents = jax.random.normal(key, (self.factor * soft.shape[0], self.sd.latent_channels, h, h),
-                                jnp.result_type(float))
+                                float_dtype())
     return self.decode(consts, self.denoise(consts, context, latents))
 
   def augment(self, params: Params, images: jax.Array, labels: jax.Array, key: jax.Array,
@@ -210,10 +209,6 @@ class DiffusionAugmenter(Augmenter):
                                    antialias=True)
     return generated, jnp.tile(jnp.arange(self.n_way, dtype=labels.dtype), self.factor)
 
-  def synthesize(self, params: Params, images: jax.Array, key: jax.Array) -> jax.Array:
-    raise TypeError('The diffusion augmenter generates per class: call augment(params, '
-                    'images, labels, key, consts).')
-
   def describe(self) -> str:
     tokens = sum(i >= 0 for i in self.soft_index)
     return (f'{self.prompt_net.describe()}, {tokens} soft tokens, '
@@ -221,44 +216,4 @@ class DiffusionAugmenter(Augmenter):
             f'guidance {self.guidance_scale}, {self.factor} image(s) per class')
 
 
-def _max_steps(total: int, offset: int) -> int:
-  return max(n for n in range(1, total + 1) if (n - 1) * (total // n) + offset < total)
-
-
-def build(c, n_way: int) -> DiffusionAugmenter:
-  """The diffusion augmenter from `config.augmenter` (loads SD from `c.sd_dir`)."""
-  sd, weights = sdlib.load(c.sd_dir, sdlib.DTYPES[c.sd_dtype],
-                           efficient_attention=c.efficient_attention)
-  return from_models(c, n_way, sd, weights)
-
-
-def from_models(c, n_way: int, sd: sdlib.StableDiffusion, weights: Params) -> DiffusionAugmenter:
-  """The augmenter around given modules and weights (also abstract ones, for compiling)."""
-  if n_way < 2:
-    raise ConfigError(f'augmenter.name=diffusion generates per class: pass n_way (got {n_way}).')
-  p = c.prompt_net
-  prompt_net = make_prompt_net(p.name, c.num_prompt_tokens, sd.text_width, weights=p.weights,
-                               channels=p.channels)
-  ids, soft_index = prompt_layout(sd, c.num_prompt_tokens, c.prompt_mode, c.base_prompt)
-  total, offset = sd.scheduler['num_train_timesteps'], sd.scheduler['steps_offset']
-  steps = c.num_inference_steps
-  if steps < 1 or (steps - 1) * (total // steps) + offset >= total:
-    raise ConfigError(
-        f'augmenter.num_inference_steps={steps}: the scheduler has {total} training timesteps '
-        f'(offset {offset}), so at most {_max_steps(total, offset)} DDIM steps fit.')
-  multiple = sd.vae_scale * 2 ** (len(sd.unet.config.block_out_channels) - 1)
-  if c.generate_size % multiple:
-    raise ConfigError(
-        f'augmenter.generate_size={c.generate_size} must be a multiple of {multiple} for this '
-        f'model (VAE x{sd.vae_scale}, then the UNet halves the latents '
-        f'{len(sd.unet.config.block_out_channels) - 1} times); SD-1.x was trained at 512.')
-  return DiffusionAugmenter(
-      sd=sd, prompt_net=prompt_net, n_way=n_way, ids=ids, soft_index=soft_index,
-      weights=weights, factor=c.factor, frozen=c.frozen,
-      num_inference_steps=c.num_inference_steps, generate_size=c.generate_size,
-      guidance_scale=float(c.guidance_scale), remat=c.remat,
-      backprop_last_k=c.backprop_last_k)
-
-
-__all__ = ['DiffusionAugmenter', 'PROMPT_MODES', 'build', 'ddim_update', 'from_models',
-           'prompt_layout']
+__all__ = ['DiffusionAugmenter', 'PROMPT_MODES', 'ddim_update', 'prompt_layout']

@@ -21,27 +21,22 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from autoaug_jax.errors import WeightsError
 from autoaug_jax.layers import Conv3x3, max_pool_2x2
-from autoaug_jax.resnet import WeightsError
-from autoaug_jax.stable_diffusion import load_transformers, quiet
+from autoaug_jax.pretrained.huggingface import load_transformers, quiet
+from autoaug_jax.types import Params, float_dtype
 
-Params = Any
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # ViT-B/32 (openai/clip-vit-base-patch32), for random initialisation.
 VIT_B32 = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                num_attention_heads=12, image_size=224, patch_size=32, hidden_act='quick_gelu')
 TOKEN_SCALE = 0.02
-
-
-def _float():
-  return jnp.result_type(float)  # float64 under jax.enable_x64 (gradient checks)
 
 
 def _projection(num_tokens: int, width: int) -> nn.Dense:
@@ -79,12 +74,12 @@ class ConvPromptNet:
     return ConvPromptModule(self.num_tokens * self.width, self.num_tokens, (self.channels,) * 4)
 
   def init(self, key: jax.Array, image_shape: tuple[int, int, int]) -> Params:
-    params = self.module.init(key, jnp.zeros((1, *image_shape), _float()))['params']
-    return jax.tree.map(lambda p: p.astype(_float()), params)
+    params = self.module.init(key, jnp.zeros((1, *image_shape), float_dtype()))['params']
+    return jax.tree.map(lambda p: p.astype(float_dtype()), params)
 
   def apply(self, params: Params, images: jax.Array) -> jax.Array:
     """images [n, H, W, 3] in [0, 1] -> soft tokens [n, P, D] float32."""
-    out = self.module.apply({'params': params}, images.astype(_float()))
+    out = self.module.apply({'params': params}, images.astype(float_dtype()))
     return out.reshape(images.shape[0], self.num_tokens, self.width)
 
   def describe(self) -> str:
@@ -127,7 +122,7 @@ class ClipVitPromptNet:
   @property
   def module(self):
     from transformers.models.clip.modeling_flax_clip import FlaxCLIPVisionModule
-    return FlaxCLIPVisionModule(self.vision_config, dtype=_float())
+    return FlaxCLIPVisionModule(self.vision_config, dtype=float_dtype())
 
   def init(self, key: jax.Array, image_shape: tuple[int, int, int]) -> Params:
     del image_shape  # images are resized to the ViT's own size
@@ -143,13 +138,13 @@ class ClipVitPromptNet:
       vit = jax.jit(model.init_weights, static_argnums=1)(vit_key, (1, size, size, 3))
     proj = _Projection(self.num_tokens, self.width).init(
         proj_key, jnp.zeros((1, self.vision_config.hidden_size)))['params']
-    cast = lambda tree: jax.tree.map(lambda p: jnp.asarray(p, _float()), tree)  # noqa: E731
+    cast = lambda tree: jax.tree.map(lambda p: jnp.asarray(p, float_dtype()), tree)  # noqa: E731
     return {'vit': cast(dict(vit)), 'projection': cast(proj)}
 
   def apply(self, params: Params, images: jax.Array) -> jax.Array:
     """images [n, H, W, 3] in [0, 1] -> soft tokens [n, P, D] float32."""
     size = self.vision_config.image_size
-    x = images.astype(_float())
+    x = images.astype(float_dtype())
     if x.shape[1:3] != (size, size):
       x = jax.image.resize(x, (x.shape[0], size, size, 3), 'linear', antialias=True)
     x = (x - jnp.asarray(CLIP_MEAN)) / jnp.asarray(CLIP_STD)

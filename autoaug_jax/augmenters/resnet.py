@@ -27,8 +27,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from autoaug_jax import resnet
-from autoaug_jax.augmenters.base import Augmenter, Params
+from autoaug_jax.augmenters.base import ImageAugmenter
+from autoaug_jax.pretrained import resnet
+from autoaug_jax.types import Params, float_dtype
 
 KERNELS = (3, 3, 5, 5, 5, 7, 7)
 STRIDES = (2, 2, 2, 2, 2, 1, 1)
@@ -49,7 +50,7 @@ class Decoder(nn.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class ResNetAugmenter(Augmenter):
+class ResNetAugmenter(ImageAugmenter):
   """Pre-trained (or random) ResNet trunk + noise + transposed-conv decoder."""
   arch: resnet.Architecture
   weights: str = ''  # local HF directory; '' = random init
@@ -62,7 +63,7 @@ class ResNetAugmenter(Augmenter):
   config_overrides: tuple = ()  # (key, value) pairs for a random-init trunk (tests)
 
   def init(self, key: jax.Array, image_shape: tuple[int, int, int]) -> Params:
-    dtype = jnp.result_type(float)
+    dtype = float_dtype()
     trunk_key, decoder_key = jax.random.split(key)
     seed = int(jax.random.randint(trunk_key, (), 0, 2**31 - 1))
     loaded = resnet.load(self.weights, seed=seed, config_overrides=dict(self.config_overrides),

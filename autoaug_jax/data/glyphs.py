@@ -208,16 +208,18 @@ def cached(image_size: int, images_per_class: int, cache_dir: str = '') -> tuple
   return images, alphas
 
 
-def load_split(data_config, split: str, image_size: int) -> FewShotSplit:
-  """The `glyphs` dataset's classes of one split ('train', 'val' or 'test')."""
+def load_split(split: str, image_size: int, *, images_per_class: int,
+               cache_dir: str = '') -> FewShotSplit:
+  """The `glyphs` dataset's classes of one split ('train', 'val' or 'test'), rendered
+  (or read from the .npz cache in `cache_dir`, default `default_cache_dir()`)."""
   if split not in SPLIT_SIZES:
     raise ValueError(f'Unknown split {split!r}; choose one of {sorted(SPLIT_SIZES)}.')
-  if data_config.images_per_class < 1:
-    raise ValueError(f'data.images_per_class={data_config.images_per_class} must be >= 1.')
-  images, alphas = cached(image_size, data_config.images_per_class, data_config.dir)
+  if images_per_class < 1:
+    raise ValueError(f'images_per_class={images_per_class} must be >= 1.')
+  images, alphas = cached(image_size, images_per_class, cache_dir)
   idx = split_classes()[split]
   names = [ch for ch, _ in class_fonts()]
-  n = data_config.images_per_class
+  n = images_per_class
   return FewShotSplit(
       images=images[idx].reshape(-1, image_size, image_size, 3),
       labels=np.repeat(np.arange(len(idx), dtype=np.int32), n),

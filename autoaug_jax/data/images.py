@@ -2,7 +2,7 @@
 
 Every source (MiniImagenet files, TFDS datasets) ends in the same step: an
 RGB uint8 image resized once to the run's square size on the host, before the
-split goes to the device (`autoaug_jax.tasks`). PIL's resampling filters
+split goes to the device (`autoaug_jax.core.tasks`). PIL's resampling filters
 widen their support when shrinking, so downscaling is antialiased; images are
 squashed to a square without cropping, as Ravi & Larochelle's MiniImagenet
 tool did.

@@ -30,7 +30,8 @@ from absl import logging
 from autoaug_jax.data import images as image_ops
 from autoaug_jax.data import mini_imagenet_files as files
 from autoaug_jax.data import tfds_source
-from autoaug_jax.data.split import DataError, FewShotSplit, seeded_subset
+from autoaug_jax.data.split import FewShotSplit, seeded_subset
+from autoaug_jax.errors import DataError
 
 NAME = 'mini_imagenet'
 # Bump when the written format changes; the loader refuses other versions.
@@ -302,15 +303,17 @@ def subset_indices(counts: list[int], per_class: int, seed: int,
   return np.concatenate(indices), np.concatenate(labels)
 
 
-def load_split(data_config, split: str, image_size: int) -> FewShotSplit:
-  """Reads one prepared split (`data.dir`), subsetting `data.images_per_class` (0: all)."""
+def load_split(split: str, image_size: int, *, data_dir: str, images_per_class: int,
+               subset_seed: int) -> FewShotSplit:
+  """Reads one prepared split from `data_dir` (the configured `data.dir`; '' for TFDS's
+  default), keeping a seeded subset of `images_per_class` per class (0: all)."""
   if split not in files.SPLITS:
     raise ValueError(f'Unknown split {split!r}; choose one of {files.SPLITS}.')
-  data_dir = tfds_source.data_dir_from_config(data_config.dir)
+  configured, data_dir = data_dir, tfds_source.data_dir_from_config(data_dir)
   sizes = prepared_sizes(data_dir)
   if not sizes:
     raise DataError(
-        f'No prepared MiniImagenet in data.dir={data_config.dir or data_dir!r} (looked for '
+        f'No prepared MiniImagenet in data.dir={configured or data_dir!r} (looked for '
         f'{os.path.join(data_dir, NAME, "<S>px", VERSION)}). Prepare it once with '
         f'`python -m autoaug_jax.data.prepare --source=YOUR_MINIIMAGENET_FOLDER '
         f'--out=DATA_DIR --image_size={image_size}` and pass --config.data.dir=DATA_DIR.')
@@ -330,14 +333,13 @@ def load_split(data_config, split: str, image_size: int) -> FewShotSplit:
   all_names = source.dataset_info.features['label'].names
   offset = sum(len(metadata['class_counts'][s]) for s in files.SPLITS[:files.SPLITS.index(split)])
   class_names = all_names[offset:offset + len(counts)]
-  indices, labels = subset_indices(counts, data_config.images_per_class,
-                                   data_config.subset_seed, class_names)
+  indices, labels = subset_indices(counts, images_per_class, subset_seed, class_names)
   if len(source) != sum(counts):
     raise DataError(f'{path}: split {split!r} holds {len(source)} records but its metadata says '
                     f'{sum(counts)}. The folder is damaged; prepare the dataset again.')
   if len(indices) < sum(counts):
     logging.info('%s/%s: kept a seeded subset of %d images per class (data.images_per_class), '
-                 '%d of %d.', NAME, split, data_config.images_per_class, len(indices),
+                 '%d of %d.', NAME, split, images_per_class, len(indices),
                  sum(counts))
   images = np.empty((len(indices), image_size, image_size, 3), np.uint8)
 

@@ -32,7 +32,7 @@ import pickle
 
 import numpy as np
 
-from autoaug_jax.data.split import DataError
+from autoaug_jax.errors import DataError
 
 SPLITS = ('train', 'val', 'test')
 

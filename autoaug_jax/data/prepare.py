@@ -14,7 +14,7 @@ import sys
 from absl import app, flags, logging
 
 from autoaug_jax.data import mini_imagenet
-from autoaug_jax.data.split import DataError
+from autoaug_jax.errors import DataError
 
 _SOURCE = flags.DEFINE_string('source', None, 'Folder holding the MiniImagenet split files.')
 _OUT = flags.DEFINE_string('out', None, 'TFDS data_dir to write mini_imagenet/<S>px into.')

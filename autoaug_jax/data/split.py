@@ -1,7 +1,7 @@
 """The host-side container every dataset loader returns: one split's images and labels.
 
 Loaders (embedded glyphs, prepared MiniImagenet, any local TFDS dataset) all
-produce a `FewShotSplit`; the task sampler (`autoaug_jax.tasks`) moves it
+produce a `FewShotSplit`; the task sampler (`autoaug_jax.core.tasks`) moves it
 to the device once as uint8 and draws N-way K-shot tasks from it there.
 Classes may hold different numbers of images: `class_table` pads them into a
 rectangular index so that sampling stays one vectorised gather.
@@ -13,10 +13,6 @@ import dataclasses
 import zlib
 
 import numpy as np
-
-
-class DataError(ValueError):
-  """Dataset files that cannot be used; the message names the file and the fix."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,6 +15,7 @@ TensorFlow reads, is refused with where we looked and how to fix it.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import os
@@ -24,7 +25,8 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 from autoaug_jax.data import images as image_ops
-from autoaug_jax.data.split import DataError, FewShotSplit, host_available_bytes, seeded_subset
+from autoaug_jax.data.split import FewShotSplit, host_available_bytes, seeded_subset
+from autoaug_jax.errors import DataError
 
 SPLITS = ('train', 'val', 'test')
 
@@ -170,9 +172,23 @@ def _resolve(entries, names: tuple[str, ...], key: str) -> list[int]:
   return ids
 
 
-def class_split(present: np.ndarray, names: tuple[str, ...], cfg) -> dict[str, list[int]]:
+@dataclasses.dataclass(frozen=True)
+class ClassSplit:
+  """How a dataset's classes are divided into the few-shot splits.
+
+  classes: split -> explicit class names or label ids (`data.tfds.<split>_classes`;
+    all empty: use proportions); proportions: (train, val, test) fractions of the
+    classes, drawn with `seed`.
+  """
+  classes: dict[str, tuple]
+  proportions: tuple[float, float, float] = (0.64, 0.16, 0.20)
+  seed: int = 0
+
+
+def class_split(present: np.ndarray, names: tuple[str, ...], spec: ClassSplit
+                ) -> dict[str, list[int]]:
   """Label ids of each few-shot split, from explicit lists or seeded proportions."""
-  explicit = {s: tuple(cfg[f'{s}_classes']) for s in SPLITS}
+  explicit = {s: tuple(spec.classes.get(s, ())) for s in SPLITS}
   if any(explicit.values()):
     if not explicit['train'] or not explicit['test']:
       raise DataError('Explicit class lists need at least data.tfds.train_classes and '
@@ -186,11 +202,11 @@ def class_split(present: np.ndarray, names: tuple[str, ...], cfg) -> dict[str, l
                           f'data.tfds.{s}_classes; few-shot splits need disjoint classes.')
         seen[c] = s
     return out
-  props = tuple(float(p) for p in cfg.proportions)
+  props = tuple(float(p) for p in spec.proportions)
   if len(props) != 3 or min(props) < 0 or abs(sum(props) - 1) > 1e-6:
     raise DataError(f'data.tfds.proportions={props} must be three non-negative fractions '
                     '(train, val, test) summing to 1.')
-  order = np.random.default_rng(cfg.split_seed).permutation(np.sort(present))
+  order = np.random.default_rng(spec.seed).permutation(np.sort(present))
   n = len(order)
   n_val, n_test = (max(int(round(p * n)), 1 if p > 0 else 0) for p in props[1:])
   if n - n_val - n_test < 1:
@@ -200,27 +216,30 @@ def class_split(present: np.ndarray, names: tuple[str, ...], cfg) -> dict[str, l
           'test': order[n - n_test:].tolist()}
 
 
-def load_split(data_config, split: str, image_size: int) -> FewShotSplit:
-  """One few-shot split of the TFDS dataset `data.tfds.name` in `data.dir`."""
-  cfg = data_config.tfds
-  if not cfg.name:
-    raise DataError('data.name=tfds needs data.tfds.name, e.g. --config.data.tfds.name=cifar100.')
+def load_split(split: str, image_size: int, *, name: str, data_dir: str, images_per_class: int,
+               subset_seed: int, division: ClassSplit, source_splits: str = '',
+               image_key: str = 'image', label_key: str = 'label') -> FewShotSplit:
+  """One few-shot split of the TFDS dataset `name` (e.g. 'cifar100') in `data_dir`.
+
+  `division`: how classes are split; `source_splits`: the TFDS splits pooled before
+  the class split ('' = all);
+  `images_per_class`: a seeded subset per class (0 = all).
+  """
   if split not in SPLITS:
     raise ValueError(f'Unknown split {split!r}; choose one of {SPLITS}.')
-  data_dir = data_dir_from_config(data_config.dir)
-  images, labels, names = _pooled(cfg.name, data_dir, cfg.splits, cfg.image_key, cfg.label_key,
+  data_dir = data_dir_from_config(data_dir)
+  images, labels, names = _pooled(name, data_dir, source_splits, image_key, label_key,
                                   image_size)
-  ids = class_split(np.unique(labels), names, cfg)[split]
+  ids = class_split(np.unique(labels), names, division)[split]
   if not ids:
-    raise DataError(f'The {split} split of {cfg.name} has no classes; set '
+    raise DataError(f'The {split} split of {name} has no classes; set '
                     f'data.tfds.{split}_classes (or eval.val_every=0 to skip validation).')
   chosen, new_labels = [], []
   for new, c in enumerate(ids):
     members = np.flatnonzero(labels == c)
-    keep = seeded_subset(len(members), data_config.images_per_class, data_config.subset_seed,
-                         names[c])
+    keep = seeded_subset(len(members), images_per_class, subset_seed, names[c])
     chosen.append(members[keep])
     new_labels.append(np.full(len(keep), new, np.int32))
   index = np.concatenate(chosen)
   return FewShotSplit(images=images[index], labels=np.concatenate(new_labels),
-                      class_names=[names[c] for c in ids], name=f'{cfg.name}/{split}')
+                      class_names=[names[c] for c in ids], name=f'{name}/{split}')

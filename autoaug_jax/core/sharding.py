@@ -1,0 +1,76 @@
+"""The 1-D device mesh that tasks are sharded over.
+
+Meta-parameters, optimiser state and the dataset are replicated; the tasks of
+a meta-batch (or of an evaluation batch) are split along the mesh axis
+'tasks'. The same jitted program runs on one CPU, eight GPUs or a TPU slice;
+XLA inserts the cross-device mean of the meta-gradient. (`pmap` is
+deprecated, and `shard_map` would silently sum `jax.grad` of replicated
+values across the axis; see BUILD_NOTES.md.)
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from absl import logging
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from autoaug_jax.errors import ConfigError
+
+TASK_AXIS = 'tasks'
+
+
+def configure_cpu_devices(count: int) -> None:
+  """Splits the host CPU into `count` JAX devices, one task shard each (0: leave as is).
+
+  XLA:CPU parallelises this workload's many small ops poorly inside one
+  device; running tasks side by side on per-core devices is faster (see
+  BUILD_NOTES.md). Must run before JAX initialises its backends; later it only
+  warns, since the program is still correct on whatever devices exist.
+  """
+  if count <= 0:
+    return
+  try:
+    jax.config.update('jax_num_cpu_devices', count)
+  except RuntimeError:
+    have = len(jax.devices('cpu'))
+    if have != count:
+      logging.warning('num_cpu_devices=%d not applied: JAX already runs with %d CPU devices.',
+                      count, have)
+
+
+def make_mesh(num_devices: int = 0) -> Mesh:
+  """A mesh over the first `num_devices` devices (0: all of them)."""
+  devices = jax.devices()
+  if num_devices > len(devices):
+    raise ConfigError(
+        f'num_devices={num_devices} but only {len(devices)} {devices[0].platform} devices '
+        'are visible; lower num_devices (0 uses all).')
+  devices = devices[:num_devices or len(devices)]
+  return Mesh(np.array(devices), (TASK_AXIS,),
+              axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def task_sharded(mesh: Mesh) -> NamedSharding:
+  """Leading axis split over the mesh's task axis."""
+  return NamedSharding(mesh, P(TASK_AXIS))
+
+
+def check_divisible(count: int, mesh: Mesh, key: str) -> None:
+  """Tasks must split evenly over devices; raises ConfigError naming the key."""
+  n = mesh.devices.size
+  if count % n:
+    raise ConfigError(
+        f'{key}={count} does not split evenly over {n} devices; use a multiple of {n} '
+        f'(e.g. {key}={((count + n - 1) // n) * n}) or set num_devices.')
+
+
+def padded(count: int, mesh: Mesh) -> int:
+  """`count` rounded up to a multiple of the number of devices."""
+  n = mesh.devices.size
+  return ((count + n - 1) // n) * n

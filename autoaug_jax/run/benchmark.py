@@ -1,0 +1,236 @@
+"""The benchmark's measurements (the `benchmark` entry point's docstring says what each is).
+
+`benchmark` times the compiled meta-step of a config on its devices,
+`data_benchmark` the loading and placing of its dataset, and
+`abstract_memory` compiles the full-size diffusion meta-step for abstract
+weights. The first two start from the shared setup path (`setup.py`); the
+third builds its pieces from SD-1.5's shapes without loading data or weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import os
+import resource
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from autoaug_jax.config import builders
+from autoaug_jax.config.validation import validate_diffusion
+from autoaug_jax.core import meta_step, tasks
+from autoaug_jax.core.objective import Objective
+from autoaug_jax.errors import ConfigError
+from autoaug_jax.run import setup as setup_lib
+from autoaug_jax.types import Constants
+
+
+def _flops(run: setup_lib.Prepared, meta_batch_size: int, inner_steps: int) -> float:
+  """XLA's FLOP count of one meta-step with `inner_steps` unrolled inner steps.
+
+  Counted with all of a device's tasks in one vmap (task_chunk=0): the same
+  arithmetic as any chunking, but with no lax.map whose body XLA would count once.
+  """
+  objective = run.objective
+  setup = dataclasses.replace(run.setup, task_chunk=0, objective=dataclasses.replace(
+      objective, inner=dataclasses.replace(objective.inner, steps=inner_steps, unroll=True)))
+  mesh = run.mesh
+  state = setup.init_state(mesh)
+  compiled = setup.meta_step(mesh, meta_batch_size).lower(
+      state, run.splits['train'], run.consts).compile()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  # The partitioned program's count is per device; tasks split evenly.
+  return float(cost.get('flops', float('nan'))) * mesh.devices.size
+
+
+def flop_count(run: setup_lib.Prepared, meta_batch_size: int) -> float:
+  """XLA's FLOPs of one meta-step at the configured inner steps (I = 2 and 3 unrolled,
+  extrapolated; see the `benchmark` entry point's docstring)."""
+  steps = run.objective.inner.steps
+  if steps <= 3:
+    return _flops(run, meta_batch_size, steps)
+  f2, f3 = _flops(run, meta_batch_size, 2), _flops(run, meta_batch_size, 3)
+  return f2 + (steps - 2) * (f3 - f2)
+
+
+def _peak_memory_mb() -> tuple[float, str]:
+  stats = jax.devices()[0].memory_stats() or {}
+  if 'peak_bytes_in_use' in stats:
+    return stats['peak_bytes_in_use'] / 2**20, 'device peak_bytes_in_use'
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 'host peak RSS'
+
+
+def _current_rss_mb() -> float:
+  with open('/proc/self/statm') as f:
+    return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20
+
+
+def data_benchmark(config) -> dict:
+  """Load time and memory of the configured dataset's three splits on the config's mesh."""
+  mesh = setup_lib.checked_mesh(config)
+  rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  start = time.perf_counter()
+  splits = setup_lib.load_splits(config)
+  load_s = time.perf_counter() - start
+  per_device = tasks.placed_bytes(list(splits.values()))
+  placed = setup_lib.to_device(splits, mesh)  # checks that they fit first
+  jax.block_until_ready(placed)
+  summary = {k: (int(s.images.shape[0]), s.images.nbytes / 2**20) for k, s in splits.items()}
+  del splits  # as training does: only the device copies stay
+  gc.collect()
+  stats = mesh.devices.flat[0].memory_stats() or {}
+  d = mesh.devices.flat[0]
+  return {
+      'dataset': config.data.name,
+      'image_size': config.image_size,
+      'images_per_class': config.data.images_per_class,
+      'images': {k: v[0] for k, v in summary.items()},
+      'load_s': load_s,
+      'split_mb': {k: v[1] for k, v in summary.items()},
+      'per_device_mb': per_device / 2**20,
+      'device_bytes_in_use_mb': stats.get('bytes_in_use', float('nan')) / 2**20,
+      'host_peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+      'host_rss_after_load_mb': _current_rss_mb(),
+      'host_rss_before_load_mb': rss_before,
+      'devices': f'{mesh.devices.size} x {d.platform} ({d.device_kind})',
+  }
+
+
+def benchmark(config, steps: int = 5, warmup: int = 2, count_flops: bool = True) -> dict:
+  """Runs the measurements the `benchmark` entry point describes; returns the result dict."""
+  run = setup_lib.prepare(config, ('train',), training=True)
+  mesh, split, consts = run.mesh, run.splits['train'], run.consts
+  state = run.init_state()
+  step_fn = run.meta_step(config.meta_batch_size)
+
+  start = time.perf_counter()
+  compiled = step_fn.lower(state, split, consts).compile()
+  compile_s = time.perf_counter() - start
+  memory = compiled.memory_analysis()
+  temp_mb = getattr(memory, 'temp_size_in_bytes', 0) / 2**20 if memory is not None else None
+
+  for _ in range(warmup):
+    state, metrics = compiled(state, split, consts)
+  jax.block_until_ready(state)
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    state, metrics = compiled(state, split, consts)
+    jax.block_until_ready((state, metrics))
+    times.append(time.perf_counter() - start)
+  median = statistics.median(times)
+  peak_mb, peak_kind = _peak_memory_mb()
+
+  flops = float('nan')
+  if count_flops:
+    flops = flop_count(run, config.meta_batch_size)
+  d = mesh.devices.flat[0]
+  return {
+      'meta_steps_per_s': 1.0 / median,
+      'tasks_per_s': config.meta_batch_size / median,
+      'step_time_median_s': median,
+      'step_times_s': [round(t, 4) for t in times],
+      'compile_s': compile_s,
+      'peak_memory_mb': peak_mb,
+      'peak_memory_kind': peak_kind,
+      'xla_temp_mb': temp_mb,
+      'flops_per_meta_step': flops,
+      'achieved_gflops': flops / median / 1e9,
+      'meta_loss': float(metrics['meta_loss']),
+      'devices': f'{mesh.devices.size} x {d.platform} ({d.device_kind})',
+      'image_size': config.image_size,
+      'task': f'{config.task.n_way}-way {config.task.k_shot}-shot {config.task.q_query}-query',
+      'inner_steps': config.inner.steps,
+      'meta_batch_size': config.meta_batch_size,
+      'factor': config.augmenter.factor,
+      'remat': config.inner.remat,
+      'conv_impl': config.classifier.conv_impl,
+      'augmenter': config.augmenter.name,
+      'augmenter_frozen': config.augmenter.frozen,
+      'classifier': config.classifier.name,
+      'trainable_blocks': (config.classifier.trainable_blocks
+                           if config.classifier.name == 'resnet50' else None),
+      'embed_once': config.classifier.embed_once,
+      **({'generate_size': config.augmenter.generate_size,
+          'num_inference_steps': config.augmenter.num_inference_steps,
+          'augmenter_remat': config.augmenter.remat,
+          'backprop_last_k': config.augmenter.backprop_last_k,
+          'guidance_scale': config.augmenter.guidance_scale,
+          'sd_dtype': config.augmenter.sd_dtype}
+         if config.augmenter.name == 'diffusion' else {}),
+  }
+
+
+def _abstract(tree):
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), tree)
+
+
+def abstract_memory(config, num_train_classes: int = 64) -> dict:
+  """Compiles the diffusion meta-step for abstract SD-1.5 weights, prompt network,
+  state and split (`num_train_classes` x data.images_per_class images; MiniImagenet
+  has 64 training classes) and returns XLA's memory analysis in MiB."""
+  from autoaug_jax.pretrained import stable_diffusion
+
+  a = config.augmenter
+  if a.name != 'diffusion':
+    raise ConfigError(f'--abstract compiles the diffusion augmenter with SD-1.5 shapes; '
+                      f'augmenter.name={a.name!r}. Set --config.augmenter.name=diffusion.')
+  if a.prompt_net.weights:
+    raise ConfigError('--abstract uses ViT-B/32 shapes; leave augmenter.prompt_net.weights empty.')
+  validate_diffusion(a, check_dirs=False)
+  mesh = builders.mesh(config)
+  sd, weights = stable_diffusion.sd15_abstract(stable_diffusion.DTYPES[a.sd_dtype],
+                                               efficient_attention=a.efficient_attention)
+  augmenter = builders.diffusion_from_models(a, config.task.n_way, sd, weights)
+  task = builders.task_spec(config)
+  params = jax.eval_shape(lambda: meta_step.init_params(augmenter, task.image_shape,
+                                                        config.seed))
+  optimizer = meta_step.make_optimizer(builders.optimizer_settings(config), augmenter, params)
+  state = meta_step.MetaState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params,
+                              opt_state=jax.eval_shape(optimizer.init, params),
+                              key=jax.ShapeDtypeStruct((2,), jnp.uint32))
+  classifier = builders.classifier(config)
+  consts = Constants(augmenter=weights, classifier=_abstract(classifier.constants(config.seed)))
+  objective = Objective(augmenter=augmenter, classifier=classifier, task=task,
+                        inner=builders.inner_loop(config))
+  m, s = config.data.images_per_class, config.image_size
+  split = tasks.DeviceSplit(
+      images=jax.ShapeDtypeStruct((num_train_classes * m, s, s, 3), jnp.uint8),
+      index=jax.ShapeDtypeStruct((num_train_classes, m), jnp.int32),
+      counts=jax.ShapeDtypeStruct((num_train_classes,), jnp.int32))
+  step = meta_step.make_meta_step(objective, optimizer, mesh, config.meta_batch_size,
+                                  config.task_chunk)
+  start = time.perf_counter()
+  compiled = step.lower(state, split, consts).compile()
+  compile_s = time.perf_counter() - start
+  memory = compiled.memory_analysis()
+  mib = {name: getattr(memory, f'{name}_size_in_bytes') / 2**20
+         for name in ('argument', 'output', 'alias', 'temp', 'generated_code')}
+  d = mesh.devices.flat[0]
+  return {
+      'estimate_total_mb': mib['argument'] + mib['output'] - mib['alias'] + mib['temp'],
+      **{f'{k}_mb': v for k, v in mib.items()},
+      'frozen_weights_mb': sum(x.size * x.dtype.itemsize
+                               for x in jax.tree.leaves(weights)) / 2**20,
+      'compile_s': compile_s,
+      'compiled_for': f'{mesh.devices.size} x {d.platform} ({d.device_kind})',
+      'generate_size': a.generate_size,
+      'num_inference_steps': a.num_inference_steps,
+      'backprop_last_k': a.backprop_last_k,
+      'remat': a.remat,
+      'guidance_scale': a.guidance_scale,
+      'images_per_class': a.factor,
+      'n_way': config.task.n_way,
+      'meta_batch_size': config.meta_batch_size,
+      'sd_dtype': a.sd_dtype,
+      'efficient_attention': a.efficient_attention,
+      'prompt_net': a.prompt_net.name,
+      'classifier': config.classifier.name,
+      'image_size': config.image_size,
+      'inner_steps': config.inner.steps,
+  }
