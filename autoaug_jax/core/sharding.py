@@ -52,6 +52,12 @@ def make_mesh(num_devices: int = 0) -> Mesh:
               axis_types=(jax.sharding.AxisType.Auto,))
 
 
+def describe(mesh: Mesh) -> str:
+  """'N x platform (device kind)', as reports and the benchmark name a mesh."""
+  d = mesh.devices.flat[0]
+  return f'{mesh.devices.size} x {d.platform} ({d.device_kind})'
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 

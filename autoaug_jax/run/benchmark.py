@@ -22,7 +22,7 @@ import numpy as np
 
 from autoaug_jax.config import builders
 from autoaug_jax.config.validation import validate_diffusion
-from autoaug_jax.core import meta_step, tasks
+from autoaug_jax.core import meta_step, sharding, tasks
 from autoaug_jax.core.objective import Objective
 from autoaug_jax.errors import ConfigError
 from autoaug_jax.run import setup as setup_lib
@@ -84,7 +84,6 @@ def data_benchmark(config) -> dict:
   del splits  # as training does: only the device copies stay
   gc.collect()
   stats = mesh.devices.flat[0].memory_stats() or {}
-  d = mesh.devices.flat[0]
   return {
       'dataset': config.data.name,
       'image_size': config.image_size,
@@ -97,7 +96,7 @@ def data_benchmark(config) -> dict:
       'host_peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
       'host_rss_after_load_mb': _current_rss_mb(),
       'host_rss_before_load_mb': rss_before,
-      'devices': f'{mesh.devices.size} x {d.platform} ({d.device_kind})',
+      'devices': sharding.describe(mesh),
   }
 
 
@@ -129,7 +128,6 @@ def benchmark(config, steps: int = 5, warmup: int = 2, count_flops: bool = True)
   flops = float('nan')
   if count_flops:
     flops = flop_count(run, config.meta_batch_size)
-  d = mesh.devices.flat[0]
   return {
       'meta_steps_per_s': 1.0 / median,
       'tasks_per_s': config.meta_batch_size / median,
@@ -142,7 +140,7 @@ def benchmark(config, steps: int = 5, warmup: int = 2, count_flops: bool = True)
       'flops_per_meta_step': flops,
       'achieved_gflops': flops / median / 1e9,
       'meta_loss': float(metrics['meta_loss']),
-      'devices': f'{mesh.devices.size} x {d.platform} ({d.device_kind})',
+      'devices': sharding.describe(mesh),
       'image_size': config.image_size,
       'task': f'{config.task.n_way}-way {config.task.k_shot}-shot {config.task.q_query}-query',
       'inner_steps': config.inner.steps,
@@ -211,14 +209,13 @@ def abstract_memory(config, num_train_classes: int = 64) -> dict:
   memory = compiled.memory_analysis()
   mib = {name: getattr(memory, f'{name}_size_in_bytes') / 2**20
          for name in ('argument', 'output', 'alias', 'temp', 'generated_code')}
-  d = mesh.devices.flat[0]
   return {
       'estimate_total_mb': mib['argument'] + mib['output'] - mib['alias'] + mib['temp'],
       **{f'{k}_mb': v for k, v in mib.items()},
       'frozen_weights_mb': sum(x.size * x.dtype.itemsize
                                for x in jax.tree.leaves(weights)) / 2**20,
       'compile_s': compile_s,
-      'compiled_for': f'{mesh.devices.size} x {d.platform} ({d.device_kind})',
+      'compiled_for': sharding.describe(mesh),
       'generate_size': a.generate_size,
       'num_inference_steps': a.num_inference_steps,
       'backprop_last_k': a.backprop_last_k,

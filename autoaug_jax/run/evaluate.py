@@ -21,7 +21,7 @@ from absl import logging
 
 from autoaug_jax import statistics
 from autoaug_jax.config import builders
-from autoaug_jax.core import adaptation, evaluation
+from autoaug_jax.core import adaptation, evaluation, sharding
 from autoaug_jax.errors import ConfigError, WorkdirError
 from autoaug_jax.run import atomic_files, report
 from autoaug_jax.run import setup as setup_lib
@@ -32,8 +32,8 @@ from autoaug_jax.types import Params
 
 
 def device_summary(mesh) -> str:
-  d = mesh.devices.flat[0]
-  return f'{mesh.devices.size} x {d.platform} ({d.device_kind}); host {platform.node()}'
+  """The mesh's devices and the host, as reports name them."""
+  return f'{sharding.describe(mesh)}; host {platform.node()}'
 
 
 def run_evaluation(config, params: Params, run: setup_lib.Prepared, out_dir: str, *,
