@@ -13,17 +13,19 @@ import zlib
 
 import jax
 
+from autoaug_jax.types import PRNGKey
 
-def root_key(seed: int) -> jax.Array:
+
+def root_key(seed: int) -> PRNGKey:
   return jax.random.key(seed)
 
 
-def stream(key: jax.Array, name: str) -> jax.Array:
+def stream(key: PRNGKey, name: str) -> PRNGKey:
   """An independent key for the purpose `name` (stable across code changes)."""
   return jax.random.fold_in(key, zlib.crc32(name.encode()) & 0x7FFFFFFF)
 
 
-def task_keys(key: jax.Array, index: jax.Array) -> dict[str, jax.Array]:
+def task_keys(key: PRNGKey, index: jax.Array) -> dict[str, PRNGKey]:
   """The keys of task number `index` of a stream: sampling, augmentation, classifier init."""
   k = jax.random.fold_in(key, index)
   return {name: stream(k, name) for name in ('sample', 'augment', 'init')}
