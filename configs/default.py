@@ -20,8 +20,8 @@ def get_config():
   config.eval.val_every = 50
   config.eval.val_tasks = 40
   config.checkpoint_every = 20
-  # CPU speed (BUILD_NOTES.md): one JAX device per core, tasks one at a time
-  # on each.
+  # CPU speed (BUILD_NOTES.md): one JAX device per core (no effect on
+  # accelerators). task_chunk and conv_impl are 'auto': one task at a time and
+  # patches + matmul on CPU, one vmap per device on GPU/TPU.
   config.num_cpu_devices = 2
-  config.task_chunk = 1
   return lock(config)

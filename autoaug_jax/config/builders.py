@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
 import ml_collections
 from absl import logging
 from jax.sharding import Mesh
@@ -71,7 +72,7 @@ def _resnet50(a: ConfigDict, n_way: int) -> Augmenter:
   mean, std = resnet.normalisation(a.weights)
   return ResNetAugmenter(resnet.architecture(a.weights), weights=a.weights, factor=a.factor,
                          frozen=a.frozen, noise_std=a.noise_std, mean=mean, std=std,
-                         conv_impl=a.conv_impl)
+                         conv_impl=conv_impl(a.conv_impl))
 
 
 def _diffusion(a: ConfigDict, n_way: int) -> Augmenter:
@@ -138,7 +139,7 @@ def augmenter(config: ConfigDict, name: str = '') -> Augmenter:
 
 def _convnet_classifier(c: ConfigDict, num_classes: int) -> Classifier:
   from autoaug_jax.classifiers.convnet import ConvNetClassifier
-  return ConvNetClassifier(num_classes, tuple(c.widths), c.hidden, c.conv_impl)
+  return ConvNetClassifier(num_classes, tuple(c.widths), c.hidden, conv_impl(c.conv_impl))
 
 
 def _resnet50_classifier(c: ConfigDict, num_classes: int) -> Classifier:
@@ -147,7 +148,8 @@ def _resnet50_classifier(c: ConfigDict, num_classes: int) -> Classifier:
   mean, std = resnet.normalisation(c.weights)
   return ResNetClassifier(num_classes, resnet.architecture(c.weights), weights=c.weights,
                           trainable_blocks=c.trainable_blocks, hidden=c.hidden,
-                          embed_once=c.embed_once, mean=mean, std=std, conv_impl=c.conv_impl)
+                          embed_once=c.embed_once, mean=mean, std=std,
+                          conv_impl=conv_impl(c.conv_impl))
 
 
 CLASSIFIERS = {
@@ -225,6 +227,46 @@ def optimizer_settings(config: ConfigDict, lr: float | None = None
                                      grad_clip=o.grad_clip)
 
 
+# Settings resolved from the platform ('auto'). Measured (BUILD_NOTES.md,
+# experiments/accelerator_check/RESULTS.md): patches + matmul beat XLA's native
+# convolutions ~8x on this CPU and 4-5x on an H200; one task at a time per
+# device is fastest on CPU, one vmap over a device's tasks on an accelerator.
+# TPU is unmeasured: its convolution units make native the expected winner.
+
+def platform() -> str:
+  """The platform compiled steps run on ('cpu', 'gpu' or 'tpu')."""
+  return jax.default_backend()
+
+
+def conv_impl(value: str) -> str:
+  """A `*.conv_impl` value with 'auto' resolved for the platform."""
+  if value != 'auto':
+    return value
+  return 'native' if platform() == 'tpu' else 'patches'
+
+
+def task_chunk(config: ConfigDict) -> int:
+  """`task_chunk` with 'auto' resolved: 1 on CPU, 0 (one vmap) elsewhere."""
+  if config.task_chunk != 'auto':
+    return int(config.task_chunk)
+  return 1 if platform() == 'cpu' else 0
+
+
+def resolved_layout(config: ConfigDict) -> dict[str, Any]:
+  """What the run actually uses for the platform-dependent keys (reports, benchmark)."""
+  return {'platform': platform(),
+          'classifier.conv_impl': conv_impl(config.classifier.conv_impl),
+          'augmenter.conv_impl': conv_impl(config.augmenter.conv_impl),
+          'task_chunk': task_chunk(config),
+          'matmul_precision': config.matmul_precision}
+
+
+def apply_matmul_precision(config: ConfigDict) -> None:
+  """Sets JAX's float32 matmul/convolution precision for every step compiled after."""
+  value = config.matmul_precision
+  jax.config.update('jax_default_matmul_precision', None if value == 'default' else value)
+
+
 def mesh(config: ConfigDict) -> Mesh:
   """The task mesh a config asks for (`num_cpu_devices`, then `num_devices`)."""
   sharding.configure_cpu_devices(config.num_cpu_devices)
@@ -247,7 +289,7 @@ def meta_setup(config: ConfigDict) -> meta_step.MetaSetup:
       # each names the classifier's first).
       constants=Constants(classifier=clf.constants(config.seed),
                           augmenter=aug.constants(config.seed)),
-      task_chunk=config.task_chunk)
+      task_chunk=task_chunk(config))
 
 
 def adapted(config: ConfigDict, objective: Objective) -> adaptation.TestTimeAdapted:

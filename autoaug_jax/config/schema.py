@@ -19,6 +19,10 @@ import ml_collections
 EVAL_METHODS = ('none', 'duplicate', 'fixed', 'random_convnet', 'learned', 'adapted')
 # What a config evaluates unless eval.methods says otherwise.
 DEFAULT_EVAL_METHODS = ('none', 'duplicate', 'fixed', 'random_convnet', 'learned')
+# Convolution layouts; 'auto' picks one for the platform (`builders.conv_impl`).
+CONV_IMPLS = ('auto', 'patches', 'native')
+# `matmul_precision` values: jax_default_matmul_precision's names for float32.
+MATMUL_PRECISIONS = ('highest', 'high', 'default')
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -77,9 +81,9 @@ def base_config() -> ml_collections.ConfigDict:
   # resnet50: run the frozen bottom once per task outside the inner loop
   # (False: in every inner step, only to measure what that saves).
   c.classifier.embed_once = True
-  # 'patches' (3x3 patches + matmul: fast on CPU, batched under vmap) or
-  # 'native' (lax.conv; try it on accelerators).
-  c.classifier.conv_impl = 'patches'
+  # 'patches' (3x3 patches + matmul), 'native' (lax.conv) or 'auto': patches
+  # on CPU and GPU (measured faster on both: BUILD_NOTES.md), native on TPU.
+  c.classifier.conv_impl = 'auto'
 
   c.inner = ml_collections.ConfigDict()
   c.inner.steps = 20
@@ -99,8 +103,9 @@ def base_config() -> ml_collections.ConfigDict:
   # resnet50: a local Hugging Face ResNet directory (save_pretrained output);
   # '' = random initialisation. With frozen=True only its decoder trains.
   c.augmenter.weights = ''
-  # Convolutions of the ResNet trunk: 'patches' (fast on CPU) or 'native'.
-  c.augmenter.conv_impl = 'patches'
+  # Convolutions of the ResNet trunk: 'patches', 'native' or 'auto' (as
+  # classifier.conv_impl).
+  c.augmenter.conv_impl = 'auto'
   # diffusion (Sections 3.3, 4.7): soft-prompted frozen Stable Diffusion 1.x.
   # A local pipeline directory (unet/, vae/, text_encoder/, tokenizer/,
   # scheduler/); nothing is downloaded.
@@ -138,8 +143,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.meta_batch_size = 4
   # Tasks vmapped together on one device (0: all of its tasks). Smaller
   # chunks run one after another (lax.map): less memory, and on CPU faster,
-  # since XLA:CPU handles unbatched matmuls better (BUILD_NOTES.md).
-  c.task_chunk = 0
+  # since XLA:CPU handles unbatched matmuls better (BUILD_NOTES.md). 'auto':
+  # 1 on CPU, 0 (one vmap) on GPU and TPU. (An int or 'auto', hence `object`.)
+  c.task_chunk = ml_collections.FieldReference('auto', field_type=object)
+  # Precision of float32 matmuls and convolutions in every compiled step
+  # (jax_default_matmul_precision): 'highest' (true float32: the meta-gradient
+  # is the exact one the tests check), 'high' (bf16_3x / TF32-class passes) or
+  # 'default' (the platform's fastest: TF32 on recent NVIDIA GPUs, one bf16
+  # pass on TPU). CPUs compute float32 whatever the setting.
+  c.matmul_precision = 'highest'
   c.num_meta_steps = 200
   c.outer = ml_collections.ConfigDict()
   c.outer.optimizer = 'adam'

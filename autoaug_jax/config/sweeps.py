@@ -125,9 +125,15 @@ def load_sweep(name_or_path: str, root: str = EXPERIMENTS_DIR) -> Sweep:
                members=tuple(members), path=path)
 
 
-def _parse_value(text: str, current):
+def _parse_value(text: str, current, field_type: type | None = None):
   """`text` as the type of the field's current value (absl's --config.KEY=VALUE rules,
-  plus comma lists for tuples)."""
+  plus comma lists for tuples). A field of type `object` (e.g. task_chunk: an int or
+  'auto') takes a Python literal, else the text."""
+  if field_type is object:
+    try:
+      return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      return text
   if isinstance(current, bool):
     if text.lower() in ('true', '1', 'yes'):
       return True
@@ -173,7 +179,7 @@ def apply_override(config: ml_collections.ConfigDict, override: str) -> None:
     raise ConfigError(f'override {override!r}: {key!r} is not a config key (see '
                       'autoaug_jax/config/schema.py for the keys).')
   try:
-    value = _parse_value(text.strip(), node[leaf])
+    value = _parse_value(text.strip(), node[leaf], node.get_type(leaf))
   except ValueError as e:
     raise ConfigError(f'override {override!r}: {e}; {key} takes a '
                       f'{type(node[leaf]).__name__} value.') from e

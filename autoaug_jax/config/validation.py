@@ -20,7 +20,7 @@ import os
 import ml_collections
 
 from autoaug_jax.config import builders
-from autoaug_jax.config.schema import EVAL_METHODS, base_config
+from autoaug_jax.config.schema import CONV_IMPLS, EVAL_METHODS, MATMUL_PRECISIONS, base_config
 from autoaug_jax.errors import ConfigError
 
 
@@ -82,8 +82,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
              "directory (save_pretrained output), or '' for random initialisation.")
   if config.augmenter.name == 'diffusion':
     validate_diffusion(config.augmenter)
-  _require(config.augmenter.conv_impl in ('patches', 'native'),
-           f"augmenter.conv_impl={config.augmenter.conv_impl!r}: choose 'patches' or 'native'.")
+  _require(config.augmenter.conv_impl in CONV_IMPLS,
+           f"augmenter.conv_impl={config.augmenter.conv_impl!r}: choose 'auto', 'patches' or "
+           "'native'.")
   blocks = config.classifier.trainable_blocks
   _require(isinstance(blocks, int) and not isinstance(blocks, bool) and blocks >= 0,
            f'classifier.trainable_blocks={blocks!r} must be a non-negative integer.')
@@ -95,8 +96,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require(blocks <= num_blocks,
              f'classifier.trainable_blocks={blocks}, but the ResNet has {num_blocks} blocks; '
              f'choose 0..{num_blocks}.')
-  _require(config.classifier.conv_impl in ('patches', 'native'),
-           f"classifier.conv_impl={config.classifier.conv_impl!r}: choose 'patches' or 'native'.")
+  _require(config.classifier.conv_impl in CONV_IMPLS,
+           f"classifier.conv_impl={config.classifier.conv_impl!r}: choose 'auto', 'patches' or "
+           "'native'.")
   _require(config.outer.optimizer in ('adam', 'sgd'),
            f"outer.optimizer={config.outer.optimizer!r}: choose 'adam' or 'sgd'.")
   _require(isinstance(config.data.images_per_class, int) and config.data.images_per_class >= 0,
@@ -116,7 +118,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _require(config.eval.val_every >= 0 and config.eval.val_tasks >= 0,
            'eval.val_every and eval.val_tasks must be non-negative.')
   _require(config.num_devices >= 0, f'num_devices={config.num_devices} must be >= 0.')
-  _require(config.task_chunk >= 0, f'task_chunk={config.task_chunk} must be >= 0.')
+  chunk = config.task_chunk
+  _require(chunk == 'auto' or (isinstance(chunk, int) and not isinstance(chunk, bool)
+                               and chunk >= 0),
+           f"task_chunk={chunk!r}: give 'auto' or a whole number >= 0 (0: one vmap).")
+  _require(config.matmul_precision in MATMUL_PRECISIONS,
+           f'matmul_precision={config.matmul_precision!r}: choose one of '
+           f'{", ".join(MATMUL_PRECISIONS)}.')
   _require(config.num_cpu_devices >= 0,
            f'num_cpu_devices={config.num_cpu_devices} must be >= 0.')
 

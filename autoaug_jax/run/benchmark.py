@@ -181,6 +181,7 @@ def abstract_memory(config, num_train_classes: int = 64) -> dict:
   if a.prompt_net.weights:
     raise ConfigError('--abstract uses ViT-B/32 shapes; leave augmenter.prompt_net.weights empty.')
   validate_diffusion(a, check_dirs=False)
+  builders.apply_matmul_precision(config)
   mesh = builders.mesh(config)
   sd, weights = stable_diffusion.sd15_abstract(stable_diffusion.DTYPES[a.sd_dtype],
                                                efficient_attention=a.efficient_attention)
@@ -202,7 +203,7 @@ def abstract_memory(config, num_train_classes: int = 64) -> dict:
       index=jax.ShapeDtypeStruct((num_train_classes, m), jnp.int32),
       counts=jax.ShapeDtypeStruct((num_train_classes,), jnp.int32))
   step = meta_step.make_meta_step(objective, optimizer, mesh, config.meta_batch_size,
-                                  config.task_chunk)
+                                  builders.task_chunk(config))
   start = time.perf_counter()
   compiled = step.lower(state, split, consts).compile()
   compile_s = time.perf_counter() - start

@@ -92,6 +92,7 @@ def run_evaluation(config, params: Params, run: setup_lib.Prepared, out_dir: str
          if 'adapted' in accuracies else {}),
       **(extra_header or {}),
       'devices': device_summary(mesh),
+      'compiled as': _layout_line(config),
   }
   report.write_report(out_dir, rows, accuracies, examples, header=header,
                       config_json=config.to_json(indent=2),
@@ -99,6 +100,16 @@ def run_evaluation(config, params: Params, run: setup_lib.Prepared, out_dir: str
   logging.info('Report written to %s\n%s', os.path.join(out_dir, 'report.md'),
                report.markdown_table(rows))
   return rows
+
+
+def _layout_line(config) -> str:
+  """The platform-dependent settings as resolved for this run ('auto' made concrete)."""
+  layout = builders.resolved_layout(config)
+  conv = f'classifier conv_impl {layout["classifier.conv_impl"]}'
+  if config.augmenter.name == 'resnet50':
+    conv += f', augmenter conv_impl {layout["augmenter.conv_impl"]}'
+  return (f'{conv}; task_chunk {layout["task_chunk"]}; matmul_precision '
+          f'{layout["matmul_precision"]} ({layout["platform"]})')
 
 
 def evaluate_checkpoint(workdir: str, checkpoint: str = '', out_dir: str = '',

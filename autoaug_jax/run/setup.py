@@ -62,6 +62,7 @@ def checked_mesh(config, *, training: bool = False,
   validate(config)
   for check in checks:
     check()
+  builders.apply_matmul_precision(config)
   mesh = builders.mesh(config)
   if training:
     sharding.check_divisible(config.meta_batch_size, mesh, 'meta_batch_size')
