@@ -33,17 +33,20 @@ machine without the checkpoint or the accelerator. On CPU it is the CPU
 compiler's buffer assignment, so an estimate of what an accelerator needs:
 
   python -m autoaug_jax.benchmark --config=configs/diffusion.py --abstract
+
+On several hosts (the cluster flags of `cluster_flags`) every process runs
+the same measurement over the global mesh and process 0 prints it.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 
-from absl import app, flags, logging
+import jax
+from absl import app, flags
 from ml_collections import config_flags
 
-from autoaug_jax.errors import USER_ERRORS
+from autoaug_jax import cluster_flags
 from autoaug_jax.run import benchmark
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'A configs/*.py file.',
@@ -62,16 +65,16 @@ flags.mark_flags_as_required(['config'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  try:
+  def measure():
     if _DATA_ONLY.value:
-      result = benchmark.data_benchmark(_CONFIG.value)
-    elif _ABSTRACT.value:
-      result = benchmark.abstract_memory(_CONFIG.value)
-    else:
-      result = benchmark.benchmark(_CONFIG.value, _STEPS.value, _WARMUP.value, _FLOPS.value)
-  except USER_ERRORS as e:
-    logging.error('%s', e)
-    sys.exit(f'error: {e}')
+      return benchmark.data_benchmark(_CONFIG.value)
+    if _ABSTRACT.value:
+      return benchmark.abstract_memory(_CONFIG.value)
+    return benchmark.benchmark(_CONFIG.value, _STEPS.value, _WARMUP.value, _FLOPS.value)
+
+  result = cluster_flags.run(measure)
+  if jax.process_index() != 0:  # every process measures; one reports
+    return
   for key, value in result.items():
     print(f'{key:>22}: {value}')
   print(json.dumps(result), flush=True)

@@ -33,6 +33,10 @@ class NonFiniteLossError(RuntimeError):
   """Meta-training produced NaN/inf; the last good checkpoint is kept."""
 
 
+class ClusterError(RuntimeError):
+  """The processes of a multi-process run could not join up; the message says how to fix it."""
+
+
 class SweepError(RuntimeError):
   """Some runs of a sweep failed; the message lists them and their errors."""
 
@@ -40,4 +44,4 @@ class SweepError(RuntimeError):
 # What the entry points report in one line (MemoryError: a dataset or program
 # that does not fit the devices).
 USER_ERRORS = (ConfigError, DataError, WeightsError, WorkdirError, CheckpointError,
-               NonFiniteLossError, SweepError, MemoryError)
+               NonFiniteLossError, SweepError, ClusterError, MemoryError)

@@ -11,16 +11,15 @@ WORKDIR/eval_<checkpoint>_step<N>[__<overrides>]/ (or --out_dir). The
 parameters: eval.*, task.* (e.g. train at K = 5, evaluate at K = 1), data.*
 (a moved data folder, or another dataset's classes: cross-domain
 evaluation), inner.*, device layout and weight directories that moved. Any
-other key is refused before anything is restored.
+other key is refused before anything is restored. Several hosts: add the
+cluster flags of `cluster_flags` (every process restores; process 0 writes).
 """
 
-import sys
-
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
+from autoaug_jax import cluster_flags
 from autoaug_jax.config.schema import base_config
-from autoaug_jax.errors import USER_ERRORS
 from autoaug_jax.run import evaluate
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory of a training run.')
@@ -39,11 +38,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   overrides = config_flags.get_override_values(flags.FLAGS['config'])
-  try:
-    evaluate.evaluate_checkpoint(_WORKDIR.value, _CHECKPOINT.value, _OUT_DIR.value, overrides)
-  except USER_ERRORS as e:
-    logging.error('%s', e)
-    sys.exit(f'error: {e}')
+  cluster_flags.run(lambda: evaluate.evaluate_checkpoint(_WORKDIR.value, _CHECKPOINT.value,
+                                                        _OUT_DIR.value, overrides))
 
 
 if __name__ == '__main__':

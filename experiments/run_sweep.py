@@ -6,14 +6,14 @@ r"""Runs one study of the paper (a folder of experiments/) as a resumable sweep.
 One workdir per member and seed (ROOT/<study>/<member>/seed<s>); rerunning the
 same command skips finished runs and resumes an interrupted one from its
 checkpoints; at the end ROOT/<study>/results.md, deltas.png and
-augmentations.png aggregate every run. Flags only; `autoaug_jax.run.sweep` does the work.
+augmentations.png aggregate every run. On several hosts add the cluster flags
+of `autoaug_jax.cluster_flags` (process 0 writes the sweep's files). Flags
+only; `autoaug_jax.run.sweep` does the work.
 """
 
-import sys
+from absl import app, flags
 
-from absl import app, flags, logging
-
-from autoaug_jax.errors import USER_ERRORS
+from autoaug_jax import cluster_flags
 from autoaug_jax.run import sweep
 
 _SWEEP = flags.DEFINE_string('sweep', None, 'A study folder of experiments/ (e.g. '
@@ -34,13 +34,9 @@ flags.mark_flags_as_required(['sweep', 'root'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  try:
-    sweep.run_sweep(_SWEEP.value, _BASE.value, _ROOT.value, _SEEDS.value,
-                    tuple(_OVERRIDE.value), aggregate_only=_AGGREGATE_ONLY.value,
-                    members=tuple(_MEMBERS.value))
-  except USER_ERRORS as e:
-    logging.error('%s', e)
-    sys.exit(f'error: {e}')
+  cluster_flags.run(lambda: sweep.run_sweep(
+      _SWEEP.value, _BASE.value, _ROOT.value, _SEEDS.value, tuple(_OVERRIDE.value),
+      aggregate_only=_AGGREGATE_ONLY.value, members=tuple(_MEMBERS.value)))
 
 
 if __name__ == '__main__':

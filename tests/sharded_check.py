@@ -19,7 +19,7 @@ from autoaug_jax.core import evaluation, sharding, tasks  # noqa: E402
 
 def run(mesh, config, split):
   setup = builders.meta_setup(config)
-  dev = tasks.to_device(split, sharding.replicated(mesh))
+  dev = tasks.to_device(split, mesh)
   state = setup.init_state(mesh)
   step = setup.meta_step(mesh, config.meta_batch_size)
   consts = setup.placed_constants(mesh)

@@ -15,7 +15,7 @@ import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / 'autoaug_jax'
 ENTRY_POINTS = {'autoaug_jax.main', 'autoaug_jax.evaluate', 'autoaug_jax.benchmark',
-                'autoaug_jax.data.prepare'}
+                'autoaug_jax.data.prepare', 'autoaug_jax.cluster_flags'}
 # Top to bottom; a module may import its own layer and the ones below it.
 LAYERS = [
     ('entry points', lambda m: m in ENTRY_POINTS),

@@ -1,16 +1,24 @@
-"""The benchmark entry point: its JSON line, and the FLOP count's extrapolation."""
+"""The benchmark entry point: its JSON line, the FLOP count's extrapolation, and what
+each result says produced it (machine, resolved layout, peak FLOP/s and MFU)."""
 
 import json
 import os
 import subprocess
 import sys
 
+import jax
+import jaxlib
 import pytest
 
-from autoaug_jax.run import benchmark, setup
+from autoaug_jax.run import benchmark, peak_flops, setup
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEYS = {'meta_steps_per_s', 'compile_s', 'peak_memory_mb', 'flops_per_meta_step'}
+# What produced a figure: every result carries these.
+PROVENANCE = {'platform', 'device_kind', 'num_devices', 'process_count', 'jax_version',
+              'jaxlib_version'}
+LAYOUT = {'conv_impl', 'conv_impl_config', 'task_chunk', 'matmul_precision'}
+FLOPS = {'mfu', 'peak_flops_per_device', 'peak_flops_basis', 'peak_flops_source'}
 
 
 @pytest.mark.slow
@@ -33,9 +41,48 @@ def test_flop_extrapolation_matches_a_full_unroll(tiny_config):
 
 def test_benchmark_result(tiny_config):
   result = benchmark.benchmark(tiny_config, steps=2, warmup=1, count_flops=False)
-  assert set(result) >= KEYS
+  assert set(result) >= KEYS | PROVENANCE | LAYOUT | FLOPS
   assert result['meta_steps_per_s'] > 0 and result['compile_s'] > 0
   assert result['peak_memory_mb'] > 0 and len(result['step_times_s']) == 2
+  assert result['platform'] == 'cpu' and result['process_count'] == 1
+  assert result['num_devices'] == len(jax.devices())
+  assert result['device_kind'] == jax.devices()[0].device_kind
+  assert result['jax_version'] == jax.__version__
+  assert result['jaxlib_version'] == jaxlib.__version__
+  # 'auto' resolved for the CPU (builders.conv_impl, builders.task_chunk); the raw value kept.
+  assert result['conv_impl_config'] == 'auto' and result['conv_impl'] == 'patches'
+  assert result['task_chunk'] == 1 and result['matmul_precision'] == 'highest'
+  assert 'augmenter_conv_impl' not in result  # the ConvNet augmenter has no conv_impl
+  # No datasheet peak for a CPU: no MFU, and the reason in its place.
+  assert result['mfu'] is None and result['peak_flops_per_device'] is None
+  assert result['peak_flops_source'].startswith('cpu:')
+  json.loads(json.dumps(result))  # the entry point prints it as one JSON line
+
+
+def test_peak_lookup_and_mfu_arithmetic():
+  kind = 'NVIDIA H100 80GB HBM3'  # jax's device_kind of an H100 SXM5
+  peak, basis, source = peak_flops.lookup(kind, 'gpu', 'highest')
+  assert (peak, basis) == (67e12, 'fp32') and 'H100' in source  # true float32: CUDA cores
+  assert peak_flops.lookup(kind, 'gpu', 'default')[:2] == (494.5e12, 'tf32')  # dense TF32
+  assert peak_flops.lookup(kind, 'gpu', 'high', 'bfloat16')[:2] == (989.5e12, 'bf16')
+  # 10 TFLOP per step at 0.5 s on 2 devices: 20 TFLOP/s of 134 TFLOP/s.
+  result = {'device_kind': kind, 'platform': 'gpu', 'matmul_precision': 'highest',
+            'num_devices': 2, 'step_time_median_s': 0.5}
+  fields = benchmark.flop_fields(result, 10e12)
+  assert fields['achieved_gflops'] == pytest.approx(20e3)
+  assert fields['mfu'] == pytest.approx(20e12 / (2 * 67e12))
+  assert fields['peak_flops_per_device'] == 67e12 and fields['peak_flops_basis'] == 'fp32'
+  assert benchmark.flop_fields(result, float('nan'))['mfu'] is None  # not counted
+  # Specific rows before general ones; TPU float32 counts bf16 passes; unknowns say why.
+  assert peak_flops.lookup('NVIDIA H100 PCIe', 'gpu', 'highest')[0] == 51e12
+  assert peak_flops.lookup('NVIDIA GH200 480GB', 'gpu', 'highest')[0] is None
+  assert peak_flops.find('NVIDIA L40S') is None and peak_flops.find('NVIDIA L4').name == 'NVIDIA L4'
+  assert peak_flops.lookup('Tesla V100-SXM2-16GB', 'gpu', 'default')[:2] == (15.7e12, 'fp32')
+  assert peak_flops.lookup('TPU v5 lite', 'tpu', 'highest')[:2] == (197e12 / 6, 'bf16/6')
+  assert peak_flops.lookup('TPU v4', 'tpu', 'default')[:2] == (275e12, 'bf16')
+  assert peak_flops.lookup('TPU v6 lite', 'tpu', 'high')[0] == pytest.approx(918e12 / 3)
+  peak, _, source = peak_flops.lookup('Some Accelerator 9000', 'gpu', 'highest')
+  assert peak is None and 'not in' in source
 
 
 def test_data_benchmark_counts_the_bytes_placed(tiny_config):
@@ -46,6 +93,28 @@ def test_data_benchmark_counts_the_bytes_placed(tiny_config):
   # glyph masks ride along: one more byte per pixel
   assert result['per_device_mb'] == pytest.approx(sum(expected.values()) * 4 / 3)
   assert result['images'] == {'train': 64 * 8, 'val': 16 * 8, 'test': 20 * 8}
+  assert set(result) >= PROVENANCE and result['platform'] == 'cpu'
+
+
+@pytest.mark.slow
+def test_diffusion_benchmark_runs_random_weights_of_the_models_shapes(tiny_config, tmp_path):
+  """The accelerator check's diffusion step, on a tiny pipeline's shapes: XLA's estimate
+  of the compiled program, then a real step on random weights with its measured peak."""
+  import math
+
+  import jax.numpy as jnp
+  from diffusion_fixtures import diffusion_config, save_tiny_sd
+
+  from autoaug_jax.pretrained import stable_diffusion
+  config = diffusion_config(tiny_config, save_tiny_sd(tmp_path / 'sd'))
+  config.inner.steps = 1
+  models = stable_diffusion.load(config.augmenter.sd_dir, jnp.float32)
+  result = benchmark.diffusion_benchmark(config, steps=1, warmup=1, num_train_classes=4,
+                                         models=models)
+  assert set(result) >= PROVENANCE | LAYOUT
+  assert result['estimate_total_mb'] > result['frozen_weights_mb'] > 0
+  assert result['peak_memory_mb'] > 0 and result['step_time_median_s'] > 0
+  assert math.isfinite(result['meta_loss'])
 
 
 @pytest.mark.slow
@@ -55,4 +124,5 @@ def test_cli_last_line_is_json():
                        timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   result = json.loads(out.stdout.strip().splitlines()[-1])
-  assert set(result) >= KEYS and result['flops_per_meta_step'] > 0
+  assert set(result) >= KEYS | PROVENANCE | LAYOUT | FLOPS
+  assert result['flops_per_meta_step'] > 0 and result['mfu'] is None

@@ -205,7 +205,7 @@ def test_frozen_weights_are_an_unchanging_argument(sd_dir, tiny_config, tiny_spl
   mesh = sharding.make_mesh(1)
   run = builders.meta_setup(config)
   host = jax.tree.map(np.array, run.constants.augmenter)
-  split = tasks.to_device(tiny_splits['train'], sharding.replicated(mesh))
+  split = tasks.to_device(tiny_splits['train'], mesh)
   step = run.meta_step(mesh, config.meta_batch_size)
   consts = run.placed_constants(mesh)
   state = run.init_state(mesh)

@@ -20,7 +20,7 @@ HERE = os.path.dirname(__file__)
 def _steps(config, split, n, mesh=None):
   mesh = mesh or sharding.make_mesh(1)
   run = builders.meta_setup(config)
-  dev = tasks.to_device(split, sharding.replicated(mesh))
+  dev = tasks.to_device(split, mesh)
   state = run.init_state(mesh)
   step = run.meta_step(mesh, config.meta_batch_size)
   consts = run.placed_constants(mesh)
@@ -67,7 +67,9 @@ def test_learned_params_move_and_frozen_params_do_not(tiny_config, tiny_splits):
 
 
 def test_meta_batch_must_split_over_devices():
-  two_devices = types.SimpleNamespace(devices=np.empty(2))  # only .devices.size is read
+  # Only .devices (their count and process_index) is read.
+  one_host = [types.SimpleNamespace(process_index=0)] * 2
+  two_devices = types.SimpleNamespace(devices=np.array(one_host, dtype=object))
   sharding.check_divisible(4, two_devices, 'meta_batch_size')
   with pytest.raises(ConfigError, match=r'meta_batch_size=3 does not split evenly over 2 '
                                         r'devices; .*meta_batch_size=4'):
@@ -75,6 +77,9 @@ def test_meta_batch_must_split_over_devices():
   assert sharding.padded(3, two_devices) == 4
   with pytest.raises(ConfigError, match='num_devices=9 but only'):
     sharding.make_mesh(9)
+  two_hosts = [types.SimpleNamespace(process_index=p) for p in (0, 0, 1, 1)]
+  with pytest.raises(ConfigError, match=r'over 4 devices \(2 processes x 2\); .*=8'):
+    sharding.check_divisible(6, types.SimpleNamespace(devices=np.array(two_hosts)), 'key')
 
 
 @pytest.mark.slow

@@ -126,7 +126,7 @@ def test_frozen_trunk_gets_exactly_zero_update(tiny_config, tiny_splits, weights
   run = builders.meta_setup(config)
   state = run.init_state(mesh)
   before = jax.tree.map(np.asarray, state.params)
-  split = tasks.to_device(tiny_splits['train'], sharding.replicated(mesh))
+  split = tasks.to_device(tiny_splits['train'], mesh)
   step = run.meta_step(mesh, config.meta_batch_size)
   for _ in range(2):
     state, _ = step(state, split, run.placed_constants(mesh))

@@ -139,7 +139,7 @@ def test_weights_are_an_argument_of_the_compiled_step_not_a_constant(tiny_config
   config = resnet_classifier_config(tiny_config, weights)
   mesh = sharding.make_mesh(1)
   run = builders.meta_setup(config)
-  split = tasks.to_device(tiny_splits['train'], sharding.replicated(mesh))
+  split = tasks.to_device(tiny_splits['train'], mesh)
   step = run.meta_step(mesh, config.meta_batch_size)
   consts = run.placed_constants(mesh)
   state = run.init_state(mesh)

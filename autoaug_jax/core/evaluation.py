@@ -41,8 +41,10 @@ def make_eval_fn(objective: Objective, mesh: Mesh, task_chunk: int = 0):
     return metrics['query_acc'], losses
 
   rep, sharded = replicated(mesh), task_sharded(mesh)
+  # Results replicated: a few floats per task, gathered so that every process
+  # (its devices hold only their own tasks' results) can read all of them.
   return jax.jit(run, in_shardings=(rep, rep, rep, sharded, rep),
-                 out_shardings=(sharded, sharded))
+                 out_shardings=(rep, rep))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,7 +22,7 @@ from jax.sharding import Mesh
 
 from autoaug_jax.core import rng
 from autoaug_jax.core.objective import Objective, batched_outcomes
-from autoaug_jax.core.sharding import replicated
+from autoaug_jax.core.sharding import put_replicated, replicated
 from autoaug_jax.core.tasks import DeviceSplit
 from autoaug_jax.types import Constants, Params
 
@@ -79,7 +79,7 @@ def init_state(params: Params, optimizer: optax.GradientTransformation, seed: in
   state = MetaState(step=jnp.zeros((), jnp.int32), params=params,
                     opt_state=optimizer.init(params),
                     key=jax.random.key_data(rng.root_key(seed)))
-  return jax.device_put(state, replicated(mesh))
+  return put_replicated(state, mesh)
 
 
 def make_meta_step(objective: Objective, optimizer: optax.GradientTransformation, mesh: Mesh,
@@ -137,7 +137,7 @@ class MetaSetup:
 
   def placed_constants(self, mesh: Mesh) -> Constants:
     """The frozen weights, replicated on the mesh (place once per run)."""
-    return jax.device_put(self.constants, replicated(mesh))
+    return put_replicated(self.constants, mesh)
 
   def meta_step(self, mesh: Mesh, meta_batch_size: int):
     return make_meta_step(self.objective, self.optimizer, mesh, meta_batch_size,

@@ -34,32 +34,72 @@ def configure_cpu_devices(count: int) -> None:
   try:
     jax.config.update('jax_num_cpu_devices', count)
   except RuntimeError:
-    have = len(jax.devices('cpu'))
+    have = len(jax.local_devices(backend='cpu'))  # per process, as count is
     if have != count:
-      logging.warning('num_cpu_devices=%d not applied: JAX already runs with %d CPU devices.',
+      logging.warning('num_cpu_devices=%d not applied: JAX already runs with %d CPU devices '
+                      'in this process.',
                       count, have)
 
 
 def make_mesh(num_devices: int = 0) -> Mesh:
-  """A mesh over the first `num_devices` devices (0: all of them)."""
-  devices = jax.devices()
+  """A mesh over `num_devices` devices (0: all of them), each process's kept together.
+
+  With several processes the mesh spans all of them: devices are ordered by
+  process, then id, so a host's devices are neighbours (its tasks' results
+  stay on the host until the meta-gradient's mean), and `num_devices` takes
+  the same number from every process.
+  """
+  devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
   if num_devices > len(devices):
     raise ConfigError(
         f'num_devices={num_devices} but only {len(devices)} {devices[0].platform} devices '
         'are visible; lower num_devices (0 uses all).')
-  devices = devices[:num_devices or len(devices)]
+  processes = jax.process_count()
+  if num_devices and processes > 1:
+    if num_devices % processes:
+      raise ConfigError(
+          f'num_devices={num_devices} does not split evenly over the run\'s {processes} '
+          f'processes; use a multiple of {processes}, or 0 for all {len(devices)} devices.')
+    per = num_devices // processes
+    devices = [d for p in range(processes)
+               for d in [d for d in devices if d.process_index == p][:per]]
+  else:
+    devices = devices[:num_devices or len(devices)]
   return Mesh(np.array(devices), (TASK_AXIS,),
               axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def describe(mesh: Mesh) -> str:
-  """'N x platform (device kind)', as reports and the benchmark name a mesh."""
+  """'N x platform (device kind)[ over P processes]', as reports and the benchmark
+  name a mesh."""
   d = mesh.devices.flat[0]
-  return f'{mesh.devices.size} x {d.platform} ({d.device_kind})'
+  processes = len({x.process_index for x in mesh.devices.flat})
+  return (f'{mesh.devices.size} x {d.platform} ({d.device_kind})'
+          + (f' over {processes} processes' if processes > 1 else ''))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
+
+
+def put_replicated(tree, mesh: Mesh):
+  """Host values (a pytree; None leaves stay None) replicated on every device of the mesh.
+
+  Every process passes the same values, computed or loaded by itself (same
+  seed, same files). With one process this is `jax.device_put`. With several,
+  each process places only its own devices' copies: `device_put` onto a
+  sharding that spans processes would first gather every process's value to
+  check they agree, the whole dataset across hosts.
+  """
+  rep = replicated(mesh)
+  if jax.process_count() == 1:
+    return jax.device_put(tree, rep)
+
+  def put(x):
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, rep, lambda index: host[index])
+
+  return jax.tree.map(put, tree)
 
 
 def task_sharded(mesh: Mesh) -> NamedSharding:
@@ -71,8 +111,11 @@ def check_divisible(count: int, mesh: Mesh, key: str) -> None:
   """Tasks must split evenly over devices; raises ConfigError naming the key."""
   n = mesh.devices.size
   if count % n:
+    processes = len({d.process_index for d in mesh.devices.flat})
+    over = f'{n} devices' + (f' ({processes} processes x {n // processes})'
+                             if processes > 1 else '')
     raise ConfigError(
-        f'{key}={count} does not split evenly over {n} devices; use a multiple of {n} '
+        f'{key}={count} does not split evenly over {over}; use a multiple of {n} '
         f'(e.g. {key}={((count + n - 1) // n) * n}) or set num_devices.')
 
 

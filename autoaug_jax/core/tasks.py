@@ -18,7 +18,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
+from jax.sharding import Mesh
 
+from autoaug_jax.core.sharding import put_replicated
 from autoaug_jax.data.split import FewShotSplit, host_available_bytes
 from autoaug_jax.errors import ConfigError
 from autoaug_jax.types import float_dtype
@@ -79,12 +81,13 @@ class Task:
   query_labels: jax.Array
 
 
-def to_device(split: FewShotSplit, sharding: jax.sharding.Sharding | None = None) -> DeviceSplit:
-  """Moves a split to device memory (replicated over `sharding`'s mesh if given)."""
+def to_device(split: FewShotSplit, mesh: Mesh | None = None) -> DeviceSplit:
+  """Moves a split to device memory (replicated over `mesh` if given; each process
+  places its own copies)."""
   index, counts = split.class_table()
   host = DeviceSplit(images=split.images, index=index, counts=counts, masks=split.masks)
   try:
-    return jax.device_put(host, sharding)
+    return jax.device_put(host) if mesh is None else put_replicated(host, mesh)
   except Exception as e:  # e.g. RESOURCE_EXHAUSTED on a small accelerator
     raise MemoryError(
         f'{split.name}: could not place {split.images.nbytes / 2**20:.0f} MiB of uint8 images '

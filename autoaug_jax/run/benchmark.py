@@ -3,8 +3,15 @@
 `benchmark` times the compiled meta-step of a config on its devices,
 `data_benchmark` the loading and placing of its dataset, and
 `abstract_memory` compiles the full-size diffusion meta-step for abstract
-weights. The first two start from the shared setup path (`setup.py`); the
-third builds its pieces from SD-1.5's shapes without loading data or weights.
+weights; `diffusion_benchmark` also runs that program, with random weights of
+SD-1.5's shapes and random images (for the accelerator check). The first two
+start from the shared setup path (`setup.py`); the others build their pieces
+from SD-1.5's shapes without loading data or weights.
+
+Every result names what produced it (`machine`, `layout`): platform, device
+kind, mesh size, process count, jax and jaxlib versions, and the resolved
+values of the config's 'auto' keys; meta-step throughputs come with the FLOP
+utilisation against the devices' datasheet peak (`peak_flops.py`).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import jaxlib
 import numpy as np
 
 from autoaug_jax.config import builders
@@ -25,8 +33,55 @@ from autoaug_jax.config.validation import validate_diffusion
 from autoaug_jax.core import meta_step, sharding, tasks
 from autoaug_jax.core.objective import Objective
 from autoaug_jax.errors import ConfigError
+from autoaug_jax.run import peak_flops
 from autoaug_jax.run import setup as setup_lib
 from autoaug_jax.types import Constants
+
+
+def machine(mesh) -> dict:
+  """What ran it: platform, device kind, mesh size, processes, jax and jaxlib versions."""
+  device = mesh.devices.flat[0]
+  return {'platform': device.platform, 'device_kind': device.device_kind,
+          'num_devices': int(mesh.devices.size), 'process_count': jax.process_count(),
+          'jax_version': jax.__version__, 'jaxlib_version': jaxlib.__version__}
+
+
+def layout(config) -> dict:
+  """The config's platform-dependent keys as resolved on this platform
+  (`builders.resolved_layout`), with the classifier's configured conv_impl beside."""
+  resolved = builders.resolved_layout(config)
+  return {'conv_impl': resolved['classifier.conv_impl'],
+          'conv_impl_config': config.classifier.conv_impl,
+          **({'augmenter_conv_impl': resolved['augmenter.conv_impl']}
+             if config.augmenter.name == 'resnet50' else {}),
+          'task_chunk': resolved['task_chunk'],
+          'matmul_precision': resolved['matmul_precision']}
+
+
+def flop_fields(result: dict, flops: float, incomplete: str = '') -> dict:
+  """FLOPs per meta-step, achieved GFLOP/s and MFU for a result holding `machine`'s and
+  `layout`'s keys and `step_time_median_s`. `flops` NaN (not counted) or an
+  `incomplete` count (why) give mfu None."""
+  peak, basis, source = peak_flops.lookup(result['device_kind'], result['platform'],
+                                          result['matmul_precision'])
+  achieved = flops / result['step_time_median_s']
+  return {'flops_per_meta_step': flops, 'achieved_gflops': achieved / 1e9,
+          'mfu': None if incomplete else peak_flops.mfu(achieved, peak, result['num_devices']),
+          'peak_flops_per_device': peak, 'peak_flops_basis': basis,
+          'peak_flops_source': incomplete or source}
+
+
+def memory_mb(compiled) -> dict[str, float] | None:
+  """XLA's buffer assignment of a compiled program in MiB (None where the backend, or
+  an executable loaded from the compilation cache, does not report it)."""
+  try:
+    memory = compiled.memory_analysis()
+  except Exception:  # noqa: BLE001 -- optional diagnostics; backends differ
+    return None
+  if memory is None:
+    return None
+  return {name: getattr(memory, f'{name}_size_in_bytes', 0) / 2**20
+          for name in ('argument', 'output', 'alias', 'temp', 'generated_code')}
 
 
 def _flops(run: setup_lib.Prepared, meta_batch_size: int, inner_steps: int) -> float:
@@ -59,7 +114,7 @@ def flop_count(run: setup_lib.Prepared, meta_batch_size: int) -> float:
 
 
 def _peak_memory_mb() -> tuple[float, str]:
-  stats = jax.devices()[0].memory_stats() or {}
+  stats = jax.local_devices()[0].memory_stats() or {}
   if 'peak_bytes_in_use' in stats:
     return stats['peak_bytes_in_use'] / 2**20, 'device peak_bytes_in_use'
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 'host peak RSS'
@@ -97,8 +152,25 @@ def data_benchmark(config) -> dict:
       'host_rss_after_load_mb': _current_rss_mb(),
       'host_rss_before_load_mb': rss_before,
       'devices': sharding.describe(mesh),
+      **machine(mesh),
   }
 
+
+
+def _time_steps(compiled, state, split, consts, warmup: int, steps: int
+                ) -> tuple[list[float], dict]:
+  """Seconds of each of `steps` meta-steps after `warmup` untimed ones, and the last
+  step's metrics (`state` is donated and carried along)."""
+  for _ in range(warmup):
+    state, metrics = compiled(state, split, consts)
+  jax.block_until_ready(state)
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    state, metrics = compiled(state, split, consts)
+    jax.block_until_ready((state, metrics))
+    times.append(time.perf_counter() - start)
+  return times, metrics
 
 def benchmark(config, steps: int = 5, warmup: int = 2, count_flops: bool = True) -> dict:
   """Runs the measurements the `benchmark` entry point describes; returns the result dict."""
@@ -110,25 +182,13 @@ def benchmark(config, steps: int = 5, warmup: int = 2, count_flops: bool = True)
   start = time.perf_counter()
   compiled = step_fn.lower(state, split, consts).compile()
   compile_s = time.perf_counter() - start
-  memory = compiled.memory_analysis()
-  temp_mb = getattr(memory, 'temp_size_in_bytes', 0) / 2**20 if memory is not None else None
+  memory = memory_mb(compiled)
 
-  for _ in range(warmup):
-    state, metrics = compiled(state, split, consts)
-  jax.block_until_ready(state)
-  times = []
-  for _ in range(steps):
-    start = time.perf_counter()
-    state, metrics = compiled(state, split, consts)
-    jax.block_until_ready((state, metrics))
-    times.append(time.perf_counter() - start)
+  times, metrics = _time_steps(compiled, state, split, consts, warmup, steps)
   median = statistics.median(times)
   peak_mb, peak_kind = _peak_memory_mb()
 
-  flops = float('nan')
-  if count_flops:
-    flops = flop_count(run, config.meta_batch_size)
-  return {
+  result = {
       'meta_steps_per_s': 1.0 / median,
       'tasks_per_s': config.meta_batch_size / median,
       'step_time_median_s': median,
@@ -136,9 +196,7 @@ def benchmark(config, steps: int = 5, warmup: int = 2, count_flops: bool = True)
       'compile_s': compile_s,
       'peak_memory_mb': peak_mb,
       'peak_memory_kind': peak_kind,
-      'xla_temp_mb': temp_mb,
-      'flops_per_meta_step': flops,
-      'achieved_gflops': flops / median / 1e9,
+      'xla_temp_mb': memory['temp'] if memory else None,
       'meta_loss': float(metrics['meta_loss']),
       'devices': sharding.describe(mesh),
       'image_size': config.image_size,
@@ -147,7 +205,6 @@ def benchmark(config, steps: int = 5, warmup: int = 2, count_flops: bool = True)
       'meta_batch_size': config.meta_batch_size,
       'factor': config.augmenter.factor,
       'remat': config.inner.remat,
-      'conv_impl': config.classifier.conv_impl,
       'augmenter': config.augmenter.name,
       'augmenter_frozen': config.augmenter.frozen,
       'classifier': config.classifier.name,
@@ -161,17 +218,35 @@ def benchmark(config, steps: int = 5, warmup: int = 2, count_flops: bool = True)
           'guidance_scale': config.augmenter.guidance_scale,
           'sd_dtype': config.augmenter.sd_dtype}
          if config.augmenter.name == 'diffusion' else {}),
+      **machine(mesh),
+      **layout(config),
   }
+  flops = flop_count(run, config.meta_batch_size) if count_flops else float('nan')
+  # The DDIM sampler is a lax.scan that XLA counts once, and its UNet runs in sd_dtype.
+  result.update(flop_fields(result, flops, incomplete=(
+      'diffusion augmenter: XLA counts the DDIM scan body once, so the FLOP count is '
+      'partial; mfu not computed') if config.augmenter.name == 'diffusion' else ''))
+  return result
 
 
 def _abstract(tree):
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), tree)
 
 
-def abstract_memory(config, num_train_classes: int = 64) -> dict:
-  """Compiles the diffusion meta-step for abstract SD-1.5 weights, prompt network,
-  state and split (`num_train_classes` x data.images_per_class images; MiniImagenet
-  has 64 training classes) and returns XLA's memory analysis in MiB."""
+@dataclasses.dataclass(frozen=True)
+class _DiffusionProgram:
+  """The diffusion meta-step of a config for SD weights of given shapes, and its
+  abstract arguments (the same program whether it is then run or not)."""
+  mesh: object
+  step: object
+  augmenter: object
+  classifier: object
+  optimizer: object
+  args: tuple  # abstract (state, split, consts)
+  weights: dict  # abstract frozen SD weights
+
+
+def _diffusion_program(config, models, num_train_classes: int) -> _DiffusionProgram:
   from autoaug_jax.pretrained import stable_diffusion
 
   a = config.augmenter
@@ -183,8 +258,11 @@ def abstract_memory(config, num_train_classes: int = 64) -> dict:
   validate_diffusion(a, check_dirs=False)
   builders.apply_matmul_precision(config)
   mesh = builders.mesh(config)
-  sd, weights = stable_diffusion.sd15_abstract(stable_diffusion.DTYPES[a.sd_dtype],
-                                               efficient_attention=a.efficient_attention)
+  if models is None:
+    sd, weights = stable_diffusion.sd15_abstract(stable_diffusion.DTYPES[a.sd_dtype],
+                                                 efficient_attention=a.efficient_attention)
+  else:
+    sd, weights = models[0], _abstract(models[1])
   augmenter = builders.diffusion_from_models(a, config.task.n_way, sd, weights)
   task = builders.task_spec(config)
   params = jax.eval_shape(lambda: meta_step.init_params(augmenter, task.image_shape,
@@ -204,19 +282,16 @@ def abstract_memory(config, num_train_classes: int = 64) -> dict:
       counts=jax.ShapeDtypeStruct((num_train_classes,), jnp.int32))
   step = meta_step.make_meta_step(objective, optimizer, mesh, config.meta_batch_size,
                                   builders.task_chunk(config))
-  start = time.perf_counter()
-  compiled = step.lower(state, split, consts).compile()
-  compile_s = time.perf_counter() - start
-  memory = compiled.memory_analysis()
-  mib = {name: getattr(memory, f'{name}_size_in_bytes') / 2**20
-         for name in ('argument', 'output', 'alias', 'temp', 'generated_code')}
+  return _DiffusionProgram(mesh=mesh, step=step, augmenter=augmenter, classifier=classifier,
+                           optimizer=optimizer, args=(state, split, consts), weights=weights)
+
+
+def _diffusion_facts(config, program: _DiffusionProgram) -> dict:
+  a = config.augmenter
   return {
-      'estimate_total_mb': mib['argument'] + mib['output'] - mib['alias'] + mib['temp'],
-      **{f'{k}_mb': v for k, v in mib.items()},
       'frozen_weights_mb': sum(x.size * x.dtype.itemsize
-                               for x in jax.tree.leaves(weights)) / 2**20,
-      'compile_s': compile_s,
-      'compiled_for': sharding.describe(mesh),
+                               for x in jax.tree.leaves(program.weights)) / 2**20,
+      'compiled_for': sharding.describe(program.mesh),
       'generate_size': a.generate_size,
       'num_inference_steps': a.num_inference_steps,
       'backprop_last_k': a.backprop_last_k,
@@ -231,4 +306,95 @@ def abstract_memory(config, num_train_classes: int = 64) -> dict:
       'classifier': config.classifier.name,
       'image_size': config.image_size,
       'inner_steps': config.inner.steps,
+      **machine(program.mesh),
+      **layout(config),
   }
+
+
+def _estimate(compiled) -> dict:
+  mib = memory_mb(compiled)
+  if mib is None:
+    return {'estimate_total_mb': None}
+  return {'estimate_total_mb': mib['argument'] + mib['output'] - mib['alias'] + mib['temp'],
+          **{f'{k}_mb': v for k, v in mib.items()}}
+
+
+def abstract_memory(config, num_train_classes: int = 64) -> dict:
+  """Compiles the diffusion meta-step for abstract SD-1.5 weights, prompt network,
+  state and split (`num_train_classes` x data.images_per_class images; MiniImagenet
+  has 64 training classes) and returns XLA's memory analysis in MiB."""
+  program = _diffusion_program(config, None, num_train_classes)
+  start = time.perf_counter()
+  compiled = program.step.lower(*program.args).compile()
+  compile_s = time.perf_counter() - start
+  return {**_estimate(compiled), 'compile_s': compile_s, **_diffusion_facts(config, program)}
+
+
+def random_weights(abstract, mesh, seed: int = 0, scale: float = 0.02):
+  """Normal(0, scale) values of the shapes and dtypes of `abstract`, replicated on the mesh.
+
+  Cut from one host buffer of normal draws the size of the largest leaf (a
+  different offset per leaf), so that SD-1.5's billion weights cost a copy,
+  not a billion draws or a compile; values do not change time or memory.
+  """
+  leaves, treedef = jax.tree.flatten(abstract)
+  largest = max(int(np.prod(leaf.shape)) for leaf in leaves)
+  rng = np.random.default_rng(seed)
+  draws = scale * rng.standard_normal(2 * largest, dtype=np.float32)
+  values = []
+  for i, leaf in enumerate(leaves):
+    size, start = int(np.prod(leaf.shape)), (7919 * i) % largest
+    values.append(draws[start:start + size].reshape(leaf.shape).astype(leaf.dtype))
+  return sharding.put_replicated(treedef.unflatten(values), mesh)
+
+
+def _random_split(split: tasks.DeviceSplit, mesh, seed: int = 1) -> tasks.DeviceSplit:
+  """Uniform random uint8 images in the layout of an abstract split, replicated."""
+  n, m = split.index.shape
+  rng = np.random.default_rng(seed)
+  return sharding.put_replicated(tasks.DeviceSplit(
+      images=rng.integers(0, 256, split.images.shape, dtype=np.uint8),
+      index=np.arange(n * m, dtype=np.int32).reshape(n, m),
+      counts=np.full((n,), m, np.int32)), mesh)
+
+
+def diffusion_benchmark(config, steps: int = 2, warmup: int = 1, num_train_classes: int = 64,
+                        models=None, compile_only: bool = False) -> dict:
+  """The diffusion meta-step of `abstract_memory`, compiled and then run.
+
+  Without a checkpoint: the frozen weights are random normal values of SD-1.5's
+  shapes and dtype (`models=(sd, weights)` gives other modules and shapes, e.g.
+  a tiny pipeline for smoke tests), the prompt network is freshly initialised
+  and the split holds random images; none of that changes time or memory.
+  Returns XLA's memory estimate next to the device's measured peak bytes in use
+  (`compile_only`: the estimate alone, having filled any compilation cache).
+  """
+  program = _diffusion_program(config, models, num_train_classes)
+  facts = _diffusion_facts(config, program)
+  start = time.perf_counter()
+  compiled = program.step.lower(*program.args).compile()
+  result = {**_estimate(compiled), 'compile_s': time.perf_counter() - start, **facts}
+  if compile_only:
+    return result
+  mesh, (_, split, _) = program.mesh, program.args
+  start = time.perf_counter()
+  image_shape = builders.task_spec(config).image_shape
+  params = jax.jit(lambda: meta_step.init_params(program.augmenter, image_shape,
+                                                 config.seed))()
+  state = meta_step.init_state(params, program.optimizer, config.seed, mesh)
+  consts = Constants(
+      augmenter=random_weights(program.weights, mesh, config.seed),
+      classifier=sharding.put_replicated(program.classifier.constants(config.seed), mesh))
+  split = _random_split(split, mesh)
+  jax.block_until_ready((state, consts, split))
+  result['materialise_s'] = time.perf_counter() - start
+  times, metrics = _time_steps(compiled, state, split, consts, warmup, steps)
+  peak_mb, peak_kind = _peak_memory_mb()
+  median = statistics.median(times)
+  result.update({
+      'step_time_median_s': median, 'meta_steps_per_s': 1.0 / median,
+      'step_times_s': [round(t, 4) for t in times],
+      'peak_memory_mb': peak_mb, 'peak_memory_kind': peak_kind,
+      'meta_loss': float(metrics['meta_loss']),
+      'weights': 'random normal(0, 0.02) of the models\' shapes; random uint8 images'})
+  return result

@@ -25,12 +25,18 @@ kill at any moment harmless:
   step) are then the same as in an uninterrupted run.
 
 Restores are shaped by an abstract target built from a freshly initialised
-state, so a checkpoint written on 4 devices restores on 1 and vice versa.
+state, so a checkpoint written on 4 devices restores on 1 and vice versa, and
+one written by 2 processes restores in 1 (the state is replicated).
+
+In a multi-process run every process calls the same methods in the same
+order: Orbax's saves and restores are collective (process 0 writes the
+replicated arrays, all read), while this module's own file operations
+(clean-up, setting damaged folders aside, manifests, deletions) are process
+0's, each followed by a barrier before the others look.
 """
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import json
 import os
@@ -42,9 +48,10 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 
 from autoaug_jax.errors import CheckpointError
-from autoaug_jax.run import atomic_files
+from autoaug_jax.run import atomic_files, cluster
 
 MANIFEST = 'autoaug_manifest.json'
 _BEST_KEEP = 2
@@ -132,17 +139,20 @@ class _Folder:
 
   def __init__(self, root: str, name: str, read_only: bool):
     self.name, self.read_only = name, read_only
+    # Only process 0 changes the folder; the others wait at barriers.
+    self._writes = not read_only and cluster.is_primary()
     self.directory = os.path.join(root, name)
     self._damaged_root = os.path.join(root, 'damaged')
     self.set_aside_log: list[str] = []
-    if not read_only:
+    if self._writes:
       _remove_temporaries(self.directory)
+    cluster.barrier(f'cleaned-{name}')
     # Orbax's own clean-up of temporary folders runs in a background thread, racing
     # whatever comes next (a reopen, our deletions); ours above finishes first.
     self._options = ocp.CheckpointManagerOptions(
         max_to_keep=None, enable_async_checkpointing=False, read_only=read_only,
         create=not read_only, cleanup_tmp_directories=False)
-    self.manager = ocp.CheckpointManager(self.directory, options=self._options)
+    self.manager = ocp.CheckpointManager(self.directory, options=self._options)  # collective
     self.steps: dict[int, _Step] = {}
     for step in self.manager.all_steps():
       info = _inspect(os.path.join(self.directory, str(step)), step)
@@ -150,6 +160,7 @@ class _Folder:
         self.set_aside(info)
       else:
         self.steps[step] = info
+    cluster.barrier(f'inspected-{name}')  # damaged folders moved before anyone goes on
 
   def reopen(self) -> None:
     """A fresh manager: a failed restore can leave Orbax's guess of the item layout
@@ -162,7 +173,7 @@ class _Folder:
     where = f'{self.name}/{info.step}'
     self.steps.pop(info.step, None)
     self.set_aside_log.append(f'{where} ({info.problem})')
-    if self.read_only:
+    if not self._writes:
       logging.warning('Checkpoint %s is damaged (%s); it is skipped.', where, info.problem)
       return
     os.makedirs(self._damaged_root, exist_ok=True)
@@ -185,19 +196,21 @@ class _Folder:
     self.manager.save(step, args=ocp.args.StandardSave(state), force=True,
                       custom_metadata=meta)
     path = os.path.join(self.directory, str(step))
-    if jax.process_index() == 0:
+    if cluster.is_primary():
       atomic_files.write_json(os.path.join(path, MANIFEST),
                               {'step': step, 'files': _files(path)}, indent=None)
+    cluster.barrier(f'manifest-{self.name}-{step}')
     self.steps[step] = _Step(step, path)
     return True
 
   def delete(self, step: int) -> None:
     """Removes a save; a kill mid-way leaves a temporary folder, removed on reopening."""
     info = self.steps.pop(step)
-    if jax.process_index() == 0 and os.path.exists(info.path):
+    if cluster.is_primary() and os.path.exists(info.path):
       doomed = f'{info.path}{_DELETING}{time.time_ns()}'
       os.rename(info.path, doomed)
       shutil.rmtree(doomed)
+    cluster.barrier(f'deleted-{self.name}-{step}')
     self.manager.reload()
 
   def restore(self, step: int, target: Any) -> Any:
@@ -213,7 +226,7 @@ def _param_shapes(tree: Any, prefix: str) -> dict[tuple, tuple]:
   for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
     keys = tuple(getattr(k, 'name', getattr(k, 'key', getattr(k, 'idx', None))) for k in path)
     if keys and keys[0] == prefix:
-      out[tuple(map(str, keys))] = tuple(np.shape(leaf))
+      out[tuple(map(str, keys))] = tuple(leaf.shape if hasattr(leaf, 'shape') else np.shape(leaf))
   return out
 
 
@@ -222,15 +235,19 @@ class Checkpoints:
 
   `read_only=True` (evaluation) never writes: damaged folders are skipped
   with a warning instead of being moved, and nothing is rolled back.
+  `layout`: the processes and devices of this run, recorded with each latest
+  save (`layout(step)` reads it back).
   """
 
-  def __init__(self, workdir: str, keep: int = 2, read_only: bool = False):
+  def __init__(self, workdir: str, keep: int = 2, read_only: bool = False,
+               layout: dict[str, int] | None = None):
     # Orbax's TensorStore paths must be absolute; users pass relative workdirs.
     self.root = os.path.join(os.path.abspath(workdir), 'checkpoints')
     if read_only and not os.path.isdir(self.root):
       raise CheckpointError(f'{workdir} has no checkpoints/ folder: no meta-training step was '
                             'saved there.')
     self.keep = keep
+    self._layout = dict(layout or {})
     self._latest = _Folder(self.root, 'latest', read_only)
     self._best = _Folder(self.root, 'best', read_only)
     self._running_best: tuple[int, float] | None = self._best_of(self._best.steps)
@@ -247,6 +264,11 @@ class Checkpoints:
 
   def latest_step(self) -> int | None:
     return self._latest.newest()
+
+  def layout(self, step: int) -> dict[str, int]:
+    """{'process_count', 'num_devices'} recorded with latest save `step` ({}: older saves)."""
+    meta = self._latest.steps[step].meta if step in self._latest.steps else {}
+    return {k: meta[k] for k in ('process_count', 'num_devices') if k in meta}
 
   def best_step(self) -> int | None:
     best = self._best_of(self._best.steps)
@@ -282,7 +304,8 @@ class Checkpoints:
     """Saves `state` as latest `step` (False if already saved), then drops old saves."""
     best = self._running_best
     saved = self._latest.save(step, state, {'best_step': None if best is None else best[0],
-                                            'best_val_acc': None if best is None else best[1]})
+                                            'best_val_acc': None if best is None else best[1],
+                                            **self._layout})
     for s in sorted(self._latest.steps)[:-self.keep]:
       self._latest.delete(s)
     self._drop_old_bests()
@@ -315,17 +338,14 @@ class Checkpoints:
       if not folder.steps:
         continue
       step = folder.newest()
-      meta = _read_json(os.path.join(folder.directory, str(step), 'default', '_METADATA'))
-      if meta is None or not isinstance(meta.get('tree_metadata'), dict):
-        continue  # unreadable: restore() reports it
-      saved = {}
-      for key, value in meta['tree_metadata'].items():
-        try:
-          path = tuple(map(str, ast.literal_eval(key)))
-        except (ValueError, SyntaxError):
-          continue
-        if path and path[0] == 'params':
-          saved[path] = tuple((value.get('value_metadata') or {}).get('write_shape') or ())
+      # Orbax's metadata, not the raw `_METADATA` file: its `write_shape` is the slice
+      # one process wrote (a multi-process save splits replicated arrays), not the shape.
+      try:
+        meta = ocp.StandardCheckpointHandler().metadata(
+            epath.Path(folder.directory) / str(step) / 'default')
+        saved = _param_shapes(dict(getattr(meta, 'tree', meta)), 'params')
+      except Exception:  # noqa: BLE001 -- unreadable: restore() reports it
+        continue
       wanted = _param_shapes(target, 'params')
       for path in sorted(saved.keys() | wanted.keys()):
         if saved.get(path) != wanted.get(path):

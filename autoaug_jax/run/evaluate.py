@@ -23,7 +23,7 @@ from autoaug_jax import statistics
 from autoaug_jax.config import builders
 from autoaug_jax.core import adaptation, evaluation, sharding
 from autoaug_jax.errors import ConfigError, WorkdirError
-from autoaug_jax.run import atomic_files, report
+from autoaug_jax.run import atomic_files, cluster, report
 from autoaug_jax.run import setup as setup_lib
 from autoaug_jax.run import workdir as workdir_lib
 from autoaug_jax.run.checkpointing import Checkpoints
@@ -94,9 +94,10 @@ def run_evaluation(config, params: Params, run: setup_lib.Prepared, out_dir: str
       'devices': device_summary(mesh),
       'compiled as': _layout_line(config),
   }
-  report.write_report(out_dir, rows, accuracies, examples, header=header,
-                      config_json=config.to_json(indent=2),
-                      diverged={name: s.diverged.nonzero()[0] for name, s in scores.items()})
+  if cluster.is_primary():  # every process computed the same rows; one writes them
+    report.write_report(out_dir, rows, accuracies, examples, header=header,
+                        config_json=config.to_json(indent=2),
+                        diverged={name: s.diverged.nonzero()[0] for name, s in scores.items()})
   logging.info('Report written to %s\n%s', os.path.join(out_dir, 'report.md'),
                report.markdown_table(rows))
   return rows
@@ -158,16 +159,18 @@ def evaluate_checkpoint(workdir: str, checkpoint: str = '', out_dir: str = '',
     ckpts.close()
   settings = {'checkpoint': label, 'overrides': {k: new for k, (_, new) in changed.items()},
               'config_sha1': hashlib.sha1(config.to_json().encode()).hexdigest()}
-  if out_dir:
-    _claim_eval_dir(out_dir, settings)
-  else:
-    name = workdir_lib.eval_dirname(which, step, changed)
-    out_dir = os.path.join(workdir, name)
-    if not _claim_eval_dir(out_dir, settings, refuse=False):
-      # The same name for other settings (the run's config.json changed since, or two
-      # values that read alike in a folder name): a folder of its own.
-      out_dir = os.path.join(workdir, f'{name}__{settings["config_sha1"][:8]}')
+  # Process 0 claims the folder; the others then find its claim and agree on the folder.
+  with cluster.primary_first('eval-dir-claimed'):
+    if out_dir:
       _claim_eval_dir(out_dir, settings)
+    else:
+      name = workdir_lib.eval_dirname(which, step, changed)
+      out_dir = os.path.join(workdir, name)
+      if not _claim_eval_dir(out_dir, settings, refuse=False):
+        # The same name for other settings (the run's config.json changed since, or two
+        # values that read alike in a folder name): a folder of its own.
+        out_dir = os.path.join(workdir, f'{name}__{settings["config_sha1"][:8]}')
+        _claim_eval_dir(out_dir, settings)
   extra = {}
   if changed:
     extra['evaluation overrides'] = '; '.join(f'{k} {old!r} -> {new!r}'

@@ -26,12 +26,18 @@ class MetricWriter:
   Whatever an earlier process logged after it (a run that died before its
   next checkpoint) is dropped from metrics.jsonl and hidden in TensorBoard,
   so that a resumed run's metrics read as one uninterrupted run.
+
+  `active=False` (every process of a multi-process run but process 0) writes
+  nothing: one writer per file.
   """
 
-  def __init__(self, workdir: str, tensorboard: bool = True, resume_step: int | None = None):
+  def __init__(self, workdir: str, tensorboard: bool = True, resume_step: int | None = None,
+               active: bool = True):
     self._path = os.path.join(workdir, 'metrics.jsonl')
-    self._tb_dir = os.path.join(workdir, 'tensorboard') if tensorboard else None
-    self._truncate_after(resume_step)
+    self._tb_dir = os.path.join(workdir, 'tensorboard') if tensorboard and active else None
+    self.active = active
+    if active:
+      self._truncate_after(resume_step)
     self._tb = None
     self._purge_step = 0 if resume_step is None else resume_step + 1
 
@@ -84,6 +90,8 @@ class MetricWriter:
       self._tb = None
 
   def write_scalars(self, step: int, scalars: dict[str, float]) -> None:
+    if not self.active:
+      return
     with open(self._path, 'a') as f:
       f.write(json.dumps({'step': int(step), **{k: float(v) for k, v in scalars.items()}}) + '\n')
     tb = self._tensorboard()

@@ -51,8 +51,7 @@ def to_device(splits: dict[str, FewShotSplit], mesh: Mesh) -> dict[str, tasks.De
   logging.info('Dataset: %s; %.0f MiB of uint8 images per device.',
                ', '.join(f'{s.name} {s.num_classes} classes x {s.images.shape[0]} images'
                          for s in splits.values()), placed / 2**20)
-  rep = sharding.replicated(mesh)
-  return {name: tasks.to_device(split, rep) for name, split in splits.items()}
+  return {name: tasks.to_device(split, mesh) for name, split in splits.items()}
 
 
 def checked_mesh(config, *, training: bool = False,

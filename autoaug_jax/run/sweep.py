@@ -4,7 +4,8 @@ Side effects live here (like `train.py` for one run). Order: load and check
 the sweep, build and validate every run's config, check every existing
 workdir holds the same config -- all before anything compiles -- then run
 the runs one after another in this process (`train.train_and_evaluate`),
-then write the aggregate with `aggregate.write`.
+then write the aggregate with `aggregate.write`. In a multi-process sweep
+every process runs every run together and process 0 writes the sweep's files.
 
 Resumability comes from the runs themselves: a finished run leaves
 `sweep_run.json` (written last, atomically) and is skipped; an interrupted
@@ -27,7 +28,7 @@ from absl import logging
 from autoaug_jax.config import sweeps
 from autoaug_jax.core import evaluation
 from autoaug_jax.errors import USER_ERRORS, ConfigError, SweepError, WorkdirError
-from autoaug_jax.run import aggregate, atomic_files, report, train
+from autoaug_jax.run import aggregate, atomic_files, cluster, report, train
 from autoaug_jax.run import workdir as workdir_lib
 from autoaug_jax.run.logs import quiet_library_logs
 
@@ -129,8 +130,10 @@ def run_sweep(sweep_name: str, base: str, root: str, seeds: int = 1,
     run_start = time.perf_counter()
     twin = find_twin(run, root)
     if twin and not (os.path.isdir(run.workdir) and os.listdir(run.workdir)):
-      _copy_twin(twin, run.workdir)
-      _mark_done(run, 0.0, copied_from=twin)
+      if cluster.is_primary():
+        _copy_twin(twin, run.workdir)
+        _mark_done(run, 0.0, copied_from=twin)
+      cluster.barrier(f'sweep-copied-{run.label}')
       done_cost += run.cost()
       logging.info('[%d/%d] %s/%s: same config as %s, finished there; copied.', i + 1,
                    len(todo), sweep.name, run.label, twin)
@@ -146,7 +149,9 @@ def run_sweep(sweep_name: str, base: str, root: str, seeds: int = 1,
     finally:
       evaluation.clear_caches()  # compiled grids hold their augmenter (SD weights) alive
     seconds = time.perf_counter() - run_start
-    _mark_done(run, seconds)
+    if cluster.is_primary():
+      _mark_done(run, seconds)
+    cluster.barrier(f'sweep-done-{run.label}')
     spent += seconds
     done_cost += run.cost()
     ran_cost += run.cost()
@@ -162,15 +167,21 @@ def run_sweep(sweep_name: str, base: str, root: str, seeds: int = 1,
     listing = '\n  '.join(failed)
     if not any(is_done(r) for r in runs):
       raise SweepError(f'Every run of {sweep.name} failed. {advice}\n  {listing}')
-    paths = write_aggregate(sweep, runs, base, root, seeds, extra)
+    write_aggregate(sweep, runs, base, root, seeds, extra)
+    results = os.path.join(root, sweep.name, 'results.md')
     raise SweepError(f'{len(failed)} run(s) of {sweep.name} failed; the aggregate at '
-                     f'{paths["results.md"]} leaves them out. {advice}\n  {listing}')
+                     f'{results} leaves them out. {advice}\n  {listing}')
   return write_aggregate(sweep, runs, base, root, seeds, extra)
 
 
 def write_aggregate(sweep: sweeps.Sweep, runs: list[sweeps.Run], base: str, root: str,
                     seeds: int, extra: tuple[str, ...]) -> dict[str, str]:
-  """Aggregates the finished runs into ROOT/<study>/ (results.md, deltas.png, ...)."""
+  """Aggregates the finished runs into ROOT/<study>/ (results.md, deltas.png, ...).
+
+  Process 0 writes it; the other processes of a multi-process sweep return {}.
+  """
+  if not cluster.is_primary():
+    return {}
   rows, contrasts, member_examples, missing, seconds, seen = [], [], {}, [], {}, set()
   devices = ''  # as the runs' reports name them
   for member in dict.fromkeys(r.member for r in runs):

@@ -38,7 +38,7 @@ from absl import logging
 from autoaug_jax.config import builders
 from autoaug_jax.core import evaluation
 from autoaug_jax.errors import CheckpointError, ConfigError, NonFiniteLossError
-from autoaug_jax.run import figures
+from autoaug_jax.run import cluster, figures
 from autoaug_jax.run import setup as setup_lib
 from autoaug_jax.run import workdir as workdir_lib
 from autoaug_jax.run.checkpointing import Checkpoints
@@ -73,17 +73,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list:
   # A dataset that does not fit is refused here, before any write.
   mesh, splits = setup_lib.prepare_data(
       config, ('train', 'val', 'test') if val_enabled else ('train', 'test'), training=True)
+  cluster.check_same_everywhere(
+      config.to_json(), 'were started with another config',
+      'start every process with the same --config and --config.* overrides.')
   changes = workdir_lib.prepare_workdir(workdir, config)
   run = setup_lib.build(config, mesh, splits)
   params = run.setup.initial_params
   trainable = run.setup.augmenter.has_trainable_params(params)
   state = run.init_state()
-  ckpts = Checkpoints(workdir, keep=config.keep_checkpoints)
+  ckpts = Checkpoints(workdir, keep=config.keep_checkpoints, layout=_layout(mesh))
   resumed = None
   if ckpts.latest_step() is not None:
     ckpts.check_matches(state)  # weights of another architecture: one line, not a restore
     state, resumed = ckpts.restore('latest', state)
     logging.info('Resumed from %s at step %d.', workdir, resumed)
+    _note_layout_change(ckpts, resumed, mesh, config.meta_batch_size)
   elif ckpts.damaged:
     raise CheckpointError(
         f'No usable checkpoint in {ckpts.root}: {"; ".join(ckpts.damaged)}, moved to '
@@ -97,17 +101,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list:
           f'{workdir} has finished its {step} meta-steps, so '
           f'{", ".join(k for k, _, _ in changes)} would change nothing but the record. Raise '
           '--config.num_meta_steps to train on with the new value, or use a new --workdir.')
-    workdir_lib.record_changes(workdir, step, changes)
+    if cluster.is_primary():
+      workdir_lib.record_changes(workdir, step, changes)
     logging.warning('Resuming at meta-step %d with %s.', step, '; '.join(
         f'{k} {old!r} -> {new!r}' for k, old, new in changes))
-  writer = MetricWriter(workdir, resume_step=resumed)
+  writer = MetricWriter(workdir, resume_step=resumed, active=cluster.is_primary())
   history = workdir_lib.read_changes(workdir)
   for change in history:
     # Also when a kill came between recording a change and logging it.
     key = f'config/{change["key"]}'
     if change['step'] == step and not writer.has(step, key):
       writer.write_scalars(step, {key: change['new']})
-  workdir_lib.write_config(workdir, config)
+  if cluster.is_primary():
+    workdir_lib.write_config(workdir, config)
 
   if not trainable:
     logging.info('augmenter %r has nothing to train (frozen or parameter-free); evaluating only.',
@@ -125,6 +131,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list:
   writer.close()
   ckpts.close()
   return rows
+
+
+def _layout(mesh) -> dict[str, int]:
+  """How many processes and devices a run's meta-steps were computed on."""
+  return {'process_count': jax.process_count(), 'num_devices': int(mesh.devices.size)}
+
+
+def _note_layout_change(ckpts: Checkpoints, step: int, mesh, meta_batch_size: int) -> None:
+  """Says so when a run resumes on another number of processes or devices.
+
+  The state is replicated, so any layout whose devices split the meta-batch
+  (checked before anything was read) continues it; a different number of
+  devices sums the meta-gradient in another order, so the continuation agrees
+  with an uninterrupted run to float rounding, not bit for bit.
+  """
+  saved, now = ckpts.layout(step), _layout(mesh)
+  if saved and saved != now:
+    logging.warning(
+        'latest/%d was written by %s process(es) with %s device(s); resuming on %d process(es) '
+        'with %d device(s), which split the meta-batch of %d evenly. The continuation agrees '
+        'with an uninterrupted run to float rounding, not bit for bit.', step,
+        saved.get('process_count', '?'), saved.get('num_devices', '?'), now['process_count'],
+        now['num_devices'], meta_batch_size)
 
 
 def _restore_for_report(ckpts: Checkpoints, target, val_enabled: bool) -> tuple[Any, str]:

@@ -24,7 +24,7 @@ import ml_collections
 
 from autoaug_jax.config.schema import base_config
 from autoaug_jax.errors import ConfigError, WorkdirError
-from autoaug_jax.run import atomic_files
+from autoaug_jax.run import atomic_files, cluster
 
 CONFIG_FILE = 'config.json'
 CHANGES_FILE = 'config_changes.jsonl'
@@ -146,20 +146,29 @@ def check_workdir_config(workdir: str, config: ml_collections.ConfigDict) -> Non
 def prepare_workdir(workdir: str, config: ml_collections.ConfigDict
                     ) -> list[tuple[str, Any, Any]]:
   """Creates the workdir and checks it can hold this run; returns the recovery-key
-  changes against a previous run in it (`config_changes`). Writes nothing else."""
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f'.write-test-{os.getpid()}')
-    with open(probe, 'w') as f:
-      f.write('ok')
-    os.remove(probe)
-  except OSError as e:
-    raise WorkdirError(f'Cannot write to --workdir={workdir} ({e.strerror or e}); '
-                       'choose a directory you can write to.') from e
+  changes against a previous run in it (`config_changes`). Writes nothing else.
+
+  In a multi-process run process 0 creates and cleans it, and every process
+  checks that it sees the same directory (`cluster.check_shared_directory`).
+  """
+  with cluster.primary_first('workdir-created'):
+    if cluster.is_primary():
+      try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, f'.write-test-{os.getpid()}')
+        with open(probe, 'w') as f:
+          f.write('ok')
+        os.remove(probe)
+      except OSError as e:
+        raise WorkdirError(f'Cannot write to --workdir={workdir} ({e.strerror or e}); '
+                           'choose a directory you can write to.') from e
+  cluster.check_shared_directory(workdir, '--workdir')
   changes = config_changes(workdir, config)
-  for name in os.listdir(workdir):  # left by a kill inside an atomic write
-    if atomic_files.is_leftover(name) and os.path.isfile(os.path.join(workdir, name)):
-      os.remove(os.path.join(workdir, name))
+  cluster.barrier('workdir-config-read')  # before process 0 rewrites anything
+  if cluster.is_primary():
+    for name in os.listdir(workdir):  # left by a kill inside an atomic write
+      if atomic_files.is_leftover(name) and os.path.isfile(os.path.join(workdir, name)):
+        os.remove(os.path.join(workdir, name))
   return changes
 
 
