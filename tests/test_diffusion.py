@@ -124,6 +124,7 @@ def test_shapes_range_and_per_class_soft_prompts(sd_dir, tiny_config):
 def _meta_loss(config, tiny_splits, **augmenter_changes):
   """(meta_loss(prompt params), params, run): the mean query loss of two tasks."""
   from test_meta_gradient import _problem
+  config.meta_batch_size = 2
   for key, value in augmenter_changes.items():
     config.augmenter[key] = value
   return _problem(config, tiny_splits['train'])

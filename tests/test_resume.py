@@ -29,7 +29,8 @@ from autoaug_jax.run.checkpointing import Checkpoints
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = (f'--config={REPO}/configs/tiny.py', "--config.eval.methods=('none','learned')",
         '--config.num_meta_steps=12', '--config.checkpoint_every=4',
-        '--config.eval.val_every=5', '--config.inner.lr=1.0', '--config.outer.lr=0.01')
+        '--config.eval.val_every=5', '--config.inner.lr=1.0', '--config.outer.lr=0.01',
+        '--config.meta_batch_size=2')  # the scenario below (best at step 10) is this one's
 # (point, step) in the order one workdir is killed at (tests/fault_injection.py); after
 # the validation kill, two of its checkpoints are also damaged (`_damage`).
 KILLS = (('meta_step', 3), ('after_best', 5), ('orbax_write', 8), ('validation', 10),
