@@ -117,7 +117,9 @@ def run_sweep(sweep_name: str, base: str, root: str, seeds: int = 1,
     workdir_lib.check_workdir_config(run.workdir, run.config)
   unique = sweeps.distinct(runs)
   total = sum(r.cost() for r in unique)
-  todo = [r for r in unique if not is_done(r)]
+  # Seed-major: every member at seed 0 first, so an interrupted study already has
+  # one complete comparison (and its aggregate) before the extra seeds start.
+  todo = sorted((r for r in unique if not is_done(r)), key=lambda r: r.seed)
   logging.info('Sweep %s: %d members x %d seeds = %d runs (%d distinct) under %s; %d finished, '
                '%d to run.', sweep.name, len({r.member for r in runs}), seeds, len(runs),
                len(unique), root, len(unique) - len(todo), len(todo))
