@@ -60,6 +60,12 @@ class Augmenter(abc.ABC):
       augmenter, 0 for the no-augmentation baseline).
     """
 
+  def synthetic_weight(self, params: Params) -> jax.Array | None:
+    """Weight of each synthetic image relative to a real one in the inner loss; None:
+    the same (the paper's plain mean over S u S'). See `weighted.SyntheticWeighted`."""
+    del params
+    return None
+
   def trainable_mask(self, params: Params) -> Any:
     """Pytree of bools like `params`: which leaves the outer optimiser updates."""
     return jax.tree.map(lambda _: not self.frozen, params)

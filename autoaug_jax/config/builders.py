@@ -273,10 +273,21 @@ def mesh(config: ConfigDict) -> Mesh:
   return sharding.make_mesh(config.num_devices)
 
 
+def run_augmenter(config: ConfigDict) -> Augmenter:
+  """The run's augmenter: `augmenter(config)`, its synthetic images weighted in the inner
+  loss by `inner.synthetic_weight` (learned if `inner.learn_synthetic_weight`)."""
+  aug = augmenter(config)
+  weight, learn = float(config.inner.synthetic_weight), config.inner.learn_synthetic_weight
+  if weight == 1.0 and not learn:
+    return aug  # the paper's loss; parameters as before this option existed
+  from autoaug_jax.augmenters.weighted import SyntheticWeighted
+  return SyntheticWeighted(base=aug, weight=weight, learned=learn)
+
+
 def meta_setup(config: ConfigDict) -> meta_step.MetaSetup:
   """Augmenter, classifier, task, inner loop, optimiser, initial parameters and frozen
   weights of a run."""
-  aug = augmenter(config)
+  aug = run_augmenter(config)
   task = task_spec(config)
   params = meta_step.init_params(aug, task.image_shape, config.seed)
   clf = classifier(config)

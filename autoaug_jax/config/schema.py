@@ -91,6 +91,14 @@ def base_config() -> ml_collections.ConfigDict:
   # jax.checkpoint on each inner step: memory O(1) in the number of steps
   # instead of O(steps), for one extra forward+backward per step.
   c.inner.remat = True
+  # Weight in [0, 1] of each synthetic image against a real one in the inner loss
+  # of the run's augmenter (training, 'learned', 'adapted'): 1 is the paper's
+  # plain mean over S u S', 0 trains on S alone. The baselines ('duplicate',
+  # 'fixed', 'random_convnet') always use 1, as in the paper. Beyond the paper.
+  c.inner.synthetic_weight = 1.0
+  # Meta-learn that weight (sigmoid of a trainable scalar beside the augmenter's
+  # parameters, starting at synthetic_weight, which must then be in (0, 1)).
+  c.inner.learn_synthetic_weight = False
 
   c.augmenter = ml_collections.ConfigDict()
   c.augmenter.name = 'convnet'

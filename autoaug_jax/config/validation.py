@@ -58,6 +58,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require(_real(value) and math.isfinite(value) and value > 0,
              f'{key}={value!r} must be a finite positive number, e.g. --config.{key}='
              f'{_get(base_config(), key)}.')
+  weight, learn = config.inner.synthetic_weight, config.inner.learn_synthetic_weight
+  _require(_real(weight) and 0 <= weight <= 1,
+           f'inner.synthetic_weight={weight!r} must be a number in [0, 1] (1: the paper\'s '
+           'loss, synthetic images count as real ones; 0: they are ignored).')
+  if learn:
+    _require(0 < weight < 1,
+             f'inner.learn_synthetic_weight=True starts the learned weight at '
+             f'inner.synthetic_weight={weight!r}, where its logit is infinite; start it inside '
+             '(0, 1), e.g. --config.inner.synthetic_weight=0.5.')
+    _require(config.augmenter.name != 'none',
+             "inner.learn_synthetic_weight=True with augmenter.name='none': there are no "
+             'synthetic images to weigh.')
   clip = config.outer.grad_clip
   _require(_real(clip) and math.isfinite(clip) and clip >= 0,
            f'outer.grad_clip={clip!r} must be a finite number >= 0 (0 turns clipping off).')

@@ -34,9 +34,16 @@ class InnerLoop:
   unroll: bool = False
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  """Mean softmax cross-entropy; logits [n, N], labels [n] int."""
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+def cross_entropy(logits: jax.Array, labels: jax.Array,
+                  weights: jax.Array | None = None) -> jax.Array:
+  """Mean softmax cross-entropy; logits [n, N], labels [n] int, weights [n] or None.
+
+  With weights, the weighted mean sum(w * CE) / sum(w).
+  """
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  if weights is None:
+    return losses.mean()
+  return (weights * losses).sum() / weights.sum()
 
 
 def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -44,8 +51,8 @@ def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 def train_classifier(classifier, params: Params, features: jax.Array, labels: jax.Array, *,
-                     steps: int, lr: float, remat: bool,
-                     unroll: bool = False) -> tuple[Params, jax.Array]:
+                     steps: int, lr: float, remat: bool, unroll: bool = False,
+                     weights: jax.Array | None = None) -> tuple[Params, jax.Array]:
   """Runs `steps` SGD steps of the classifier's trained part.
 
   Args:
@@ -58,12 +65,13 @@ def train_classifier(classifier, params: Params, features: jax.Array, labels: ja
     remat: recompute each step's activations in the backward pass.
     unroll: unroll the scan fully (only for XLA's FLOP count, which sees a
       scan body once).
+    weights: [n] per-example weights of the training loss, or None (plain mean).
 
   Returns:
     (parameters after `steps` steps, training loss before each step [steps]).
   """
   def loss_fn(p):
-    return cross_entropy(classifier.logits(p, features), labels)
+    return cross_entropy(classifier.logits(p, features), labels, weights)
 
   def step(p, _):
     loss, grads = jax.value_and_grad(loss_fn)(p)

@@ -69,10 +69,16 @@ def support_query_outcome(aug_params: Params, support_images: jax.Array,
   if synthetic.shape[0]:
     features = jnp.concatenate([features, classifier.embed(clf_consts, synthetic)])
   labels = jnp.concatenate([support_labels, synthetic_labels])
+  weight = augmenter.synthetic_weight(aug_params)
+  weights = None
+  if weight is not None and synthetic.shape[0]:
+    weights = jnp.concatenate([jnp.ones(n_support, features.dtype),
+                               jnp.broadcast_to(weight, (synthetic.shape[0],))])
   params0 = classifier.init(keys['init'], objective.task.image_shape, clf_consts)
   params, inner_losses = train_classifier(
       classifier, params0, features, labels,
-      steps=inner.steps, lr=inner.lr, remat=inner.remat, unroll=inner.unroll)
+      steps=inner.steps, lr=inner.lr, remat=inner.remat, unroll=inner.unroll,
+      weights=weights)
   logits = classifier.logits(params, data_features[n_support:])
   loss = cross_entropy(logits, query_labels)
   metrics = {
@@ -81,6 +87,8 @@ def support_query_outcome(aug_params: Params, support_images: jax.Array,
       'inner_loss_first': inner_losses[0],
       'inner_loss_last': inner_losses[-1],
   }
+  if weight is not None:
+    metrics['synthetic_weight'] = weight
   if synthetic.shape[0] and augmenter.paired:
     originals = jnp.tile(support_images, (synthetic.shape[0] // n_support, 1, 1, 1))
     metrics['synthetic_l1'] = jnp.abs(synthetic - originals).mean()

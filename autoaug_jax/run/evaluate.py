@@ -17,6 +17,7 @@ import os
 import platform
 import time
 
+import jax
 from absl import logging
 
 from autoaug_jax import statistics
@@ -34,6 +35,18 @@ from autoaug_jax.types import Params
 def device_summary(mesh) -> str:
   """The mesh's devices and the host, as reports name them."""
   return f'{sharding.describe(mesh)}; host {platform.node()}'
+
+
+def _synthetic_weight_line(config, augmenter, params: Params) -> dict[str, str]:
+  """The report's line on `inner.synthetic_weight`, if the run uses one."""
+  weight = augmenter.synthetic_weight(params)
+  if weight is None:
+    return {}
+  value = f'{float(jax.device_get(weight)):.4f}'
+  how = (f'learned (from {config.inner.synthetic_weight:g}): {value}'
+         if config.inner.learn_synthetic_weight else value)
+  return {'synthetic weight': f'{how} per synthetic image in the inner loss of learned/adapted '
+                              '(baselines: 1, as in the paper)'}
 
 
 def run_evaluation(config, params: Params, run: setup_lib.Prepared, out_dir: str, *,
@@ -84,6 +97,7 @@ def run_evaluation(config, params: Params, run: setup_lib.Prepared, out_dir: str
           f': {objective.augmenter.describe()}; SD weights: {config.augmenter.sd_dir}'
           if config.augmenter.name == 'diffusion' else ''),
       'classifier': objective.classifier.describe(),
+      **_synthetic_weight_line(config, objective.augmenter, params),
       'checkpoint': checkpoint_label,
       'test tasks': f'{config.eval.num_tasks} (task seed {config.eval.task_seed})',
       **({'test-time adaptation': (

@@ -54,6 +54,8 @@ EVAL_OVERRIDABLE = ('eval.', 'task.', 'data.', 'inner.', 'augmenter.fixed.', 'nu
                     'classifier.conv_impl', 'classifier.weights', 'augmenter.conv_impl',
                     'augmenter.remat', 'augmenter.efficient_attention', 'augmenter.weights',
                     'augmenter.sd_dir', 'augmenter.prompt_net.weights')
+# Under an allowed prefix, but part of the trained augmenter (its parameters).
+EVAL_FIXED = ('inner.synthetic_weight', 'inner.learn_synthetic_weight')
 
 # Keys every config.json has had since the first release. Keys added later
 # may be absent from older workdirs and read as their defaults, which
@@ -245,12 +247,13 @@ def apply_eval_overrides(config: ml_collections.ConfigDict, overrides: dict[str,
   """Applies evaluation overrides to `config` in place; returns {key: (old, new)} for those
   that change a value. Raises ConfigError, before anything is restored, for a key that
   may not change at evaluation."""
-  refused = sorted(k for k in overrides if not k.startswith(EVAL_OVERRIDABLE))
+  refused = sorted(k for k in overrides
+                   if not k.startswith(EVAL_OVERRIDABLE) or k in EVAL_FIXED)
   if refused:
     raise ConfigError(
         f'--config.{refused[0]} cannot be overridden when evaluating a trained run: it would '
         'change the trained parameters\' shapes or the augmenter/classifier architecture, or '
-        f'has no effect on evaluation. Allowed: {_allowed()}.')
+        f'has no effect on evaluation. Allowed: {_allowed()} (not {", ".join(EVAL_FIXED)}).')
   old = _flat(config)
   config.update_from_flattened_dict(dict(overrides))
   new = _flat(config)
