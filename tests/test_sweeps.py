@@ -87,8 +87,8 @@ def test_every_study_plans_over_its_base(tmp_path):
   studies = sweeps.available_sweeps()
   assert set(studies) == {'support_size', 'task_difficulty', 'augmentation_factor',
                           'augmenter_complexity', 'classifier_complexity', 'diffusion',
-                          'training_length', 'spurious'}
-  long = {'training_length', 'spurious'}
+                          'training_length', 'spurious', 'synthetic_weight'}
+  long = {'training_length', 'spurious', 'synthetic_weight'}
   sd = tmp_path / 'sd'
   for sub in ('unet', 'vae', 'text_encoder', 'tokenizer', 'scheduler'):
     (sd / sub).mkdir(parents=True)
@@ -96,7 +96,8 @@ def test_every_study_plans_over_its_base(tmp_path):
             'task_difficulty': ('task.n_way', [2, 3, 5]),
             'augmentation_factor': ('augmenter.factor', [1, 2, 5]),
             'training_length': ('task.k_shot', [1, 5]),
-            'spurious': ('data.spurious', [0.0, 0.5, 1.0])}
+            'spurious': ('data.spurious', [0.0, 0.5, 1.0]),
+            'synthetic_weight': ('data.spurious', [0.0, 1.0])}
   for study in studies:
     base = os.path.join(REPO, 'configs', 'diffusion.py' if study == 'diffusion'
                         else 'sweep_cpu.py')
