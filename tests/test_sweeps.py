@@ -310,3 +310,22 @@ def test_a_run_finished_in_another_study_is_copied_not_rerun(tmp_path, monkeypat
   assert _read(os.path.join(copied, 'results.json')) == _read(
       os.path.join(root, 'support', 'k2', 'seed0', 'results.json'))
   assert '| n3 | learned |' in _read(paths['results.md'])
+
+
+def test_a_run_finished_before_a_key_was_added_is_still_done(tmp_path):
+  """config.json of a run written before a schema key existed reads that key as its
+  default (as a resume does), so the finished run is neither rerun nor left out."""
+  run = sweeps.plan(sweeps.load_sweep('training_length'), os.path.join(
+      REPO, 'configs', 'sweep_cpu.py'), str(tmp_path), 1)[0]
+  os.makedirs(run.workdir)
+  saved = json.loads(run.config.to_json())
+  del saved['inner']['learn_synthetic_weight']  # as issue 15's code wrote it
+  with open(os.path.join(run.workdir, 'config.json'), 'w') as f:
+    json.dump(saved, f)
+  with open(os.path.join(run.workdir, sweep_runner.DONE_FILE), 'w') as f:
+    json.dump({'member': 'k1', 'seed': 0, 'seconds': 1.0}, f)
+  assert sweep_runner.is_done(run)
+  saved['inner']['synthetic_weight'] = 0.5  # a different value is a different run
+  with open(os.path.join(run.workdir, 'config.json'), 'w') as f:
+    json.dump(saved, f)
+  assert not sweep_runner.is_done(run)

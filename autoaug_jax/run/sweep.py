@@ -36,12 +36,14 @@ DONE_FILE = 'sweep_run.json'
 
 
 def _holds(workdir: str, config_json: dict) -> bool:
-  """Whether `workdir`'s config.json is exactly `config_json` (a parsed `to_json()`)."""
+  """Whether `workdir`'s config.json is `config_json` (a parsed `to_json()`), keys added
+  to the schema since it was written read as their defaults (which reproduce what the
+  version that wrote it did, as for a resume)."""
   try:
-    with open(os.path.join(workdir, 'config.json')) as f:
-      return json.load(f) == config_json
-  except OSError:
+    saved = workdir_lib.read_saved_config(workdir)
+  except WorkdirError:
     return False
+  return saved is not None and saved == workdir_lib.flatten(config_json)
 
 
 def is_done(run: sweeps.Run) -> bool:
