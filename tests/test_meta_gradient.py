@@ -146,10 +146,11 @@ def test_first_order_approximation_gives_zero_augmenter_gradient(tiny_config, ti
   """Why there is no first-order option: S' reaches the query loss only via inner gradients."""
   import autoaug_jax.core.inner_loop as inner
 
-  def first_order(classifier, params, features, labels, *, steps, lr, remat, unroll=False):
+  def first_order(classifier, params, features, labels, *, steps, lr, remat, unroll=False,
+                  weights=None):
     def step(p, _):
       loss, g = jax.value_and_grad(
-          lambda q: cross_entropy(classifier.logits(q, features), labels))(p)
+          lambda q: cross_entropy(classifier.logits(q, features), labels, weights))(p)
       return jax.tree.map(lambda w, gi: w - lr * jax.lax.stop_gradient(gi), p, g), loss
     return jax.lax.scan(step, params, None, length=steps)
 
