@@ -85,12 +85,18 @@ def _python_loop(classifier, params, features, labels, steps, lr):
   return params, jnp.stack(losses)
 
 
-def test_scan_equals_python_loop_values_and_gradients(tiny_config):
-  clf = builders.classifier(tiny_config)
+def inner_problem(config):
+  """(classifier, its initial params, 6 training inputs, their labels, 6 query inputs)."""
+  clf = builders.classifier(config)
   params0 = clf.init(jax.random.key(0), (16, 16, 3), {})
   x = jax.random.uniform(jax.random.key(1), (6, 16, 16, 3)) * 2 - 1
   y = jnp.array([0, 1, 2, 0, 1, 2])
   xq = jax.random.uniform(jax.random.key(2), (6, 16, 16, 3)) * 2 - 1
+  return clf, params0, x, y, xq
+
+
+def test_scan_equals_python_loop_values_and_gradients(tiny_config):
+  clf, params0, x, y, xq = inner_problem(tiny_config)
 
   def query_loss(features, loop):
     if loop:

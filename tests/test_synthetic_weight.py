@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import REPO
-from test_meta_gradient import _flat, _problem, check_directional_derivatives
+from test_meta_gradient import _flat, _problem, check_directional_derivatives, inner_problem
 
 from autoaug_jax.augmenters.weighted import WEIGHT_LOGIT, SyntheticWeighted
 from autoaug_jax.config import builders
@@ -125,11 +125,7 @@ def test_learned_weight_meta_gradient_matches_central_finite_differences(tiny_co
 
 @pytest.mark.slow
 def test_weighted_scan_equals_python_loop(tiny_config):
-  clf = builders.classifier(tiny_config)
-  params0 = clf.init(jax.random.key(0), (16, 16, 3), {})
-  x = jax.random.uniform(jax.random.key(1), (6, 16, 16, 3)) * 2 - 1
-  y = jnp.array([0, 1, 2, 0, 1, 2])
-  xq = jax.random.uniform(jax.random.key(2), (6, 16, 16, 3)) * 2 - 1
+  clf, params0, x, y, xq = inner_problem(tiny_config)
 
   def query_loss(w, loop):
     weights = jnp.concatenate([jnp.ones(3), jnp.full(3, w)])
