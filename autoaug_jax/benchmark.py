@@ -42,12 +42,11 @@ from __future__ import annotations
 
 import json
 
-import jax
 from absl import app, flags
 from ml_collections import config_flags
 
 from autoaug_jax import cluster_flags
-from autoaug_jax.run import benchmark
+from autoaug_jax.run import benchmark, cluster
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'A configs/*.py file.',
                                           lock_config=True)
@@ -73,7 +72,7 @@ def main(argv):
     return benchmark.benchmark(_CONFIG.value, _STEPS.value, _WARMUP.value, _FLOPS.value)
 
   result = cluster_flags.run(measure)
-  if jax.process_index() != 0:  # every process measures; one reports
+  if not cluster.is_primary():  # every process measures; one reports
     return
   for key, value in result.items():
     print(f'{key:>22}: {value}')

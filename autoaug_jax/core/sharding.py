@@ -69,11 +69,16 @@ def make_mesh(num_devices: int = 0) -> Mesh:
               axis_types=(jax.sharding.AxisType.Auto,))
 
 
+def _processes(mesh: Mesh) -> int:
+  """How many processes own the mesh's devices."""
+  return len({d.process_index for d in mesh.devices.flat})
+
+
 def describe(mesh: Mesh) -> str:
   """'N x platform (device kind)[ over P processes]', as reports and the benchmark
   name a mesh."""
   d = mesh.devices.flat[0]
-  processes = len({x.process_index for x in mesh.devices.flat})
+  processes = _processes(mesh)
   return (f'{mesh.devices.size} x {d.platform} ({d.device_kind})'
           + (f' over {processes} processes' if processes > 1 else ''))
 
@@ -111,7 +116,7 @@ def check_divisible(count: int, mesh: Mesh, key: str) -> None:
   """Tasks must split evenly over devices; raises ConfigError naming the key."""
   n = mesh.devices.size
   if count % n:
-    processes = len({d.process_index for d in mesh.devices.flat})
+    processes = _processes(mesh)
     over = f'{n} devices' + (f' ({processes} processes x {n // processes})'
                              if processes > 1 else '')
     raise ConfigError(

@@ -156,7 +156,6 @@ def data_benchmark(config) -> dict:
   }
 
 
-
 def _time_steps(compiled, state, split, consts, warmup: int, steps: int
                 ) -> tuple[list[float], dict]:
   """Seconds of each of `steps` meta-steps after `warmup` untimed ones, and the last
@@ -171,6 +170,7 @@ def _time_steps(compiled, state, split, consts, warmup: int, steps: int
     jax.block_until_ready((state, metrics))
     times.append(time.perf_counter() - start)
   return times, metrics
+
 
 def benchmark(config, steps: int = 5, warmup: int = 2, count_flops: bool = True) -> dict:
   """Runs the measurements the `benchmark` entry point describes; returns the result dict."""
