@@ -329,3 +329,14 @@ def test_a_run_finished_before_a_key_was_added_is_still_done(tmp_path):
   with open(os.path.join(run.workdir, 'config.json'), 'w') as f:
     json.dump(saved, f)
   assert not sweep_runner.is_done(run)
+
+
+def test_results_header_shows_each_override_once_and_paths_below_the_cwd_relative(
+    tmp_path, monkeypatch):
+  # The runner's default eval.methods, then the study's own: only the one in effect.
+  assert sweep_runner._last_per_key(('eval.methods=a,b', 'task.n_way=3', 'eval.methods=a')) == [
+      'task.n_way=3', 'eval.methods=a']
+  monkeypatch.chdir(tmp_path)
+  assert sweep_runner._shown_path(str(tmp_path / 'study' / 'sweep.json')) == os.path.join(
+      'study', 'sweep.json')
+  assert sweep_runner._shown_path('/elsewhere/sweep.json') == '/elsewhere/sweep.json'

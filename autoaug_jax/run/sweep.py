@@ -87,6 +87,24 @@ def _copy_twin(twin: str, workdir: str) -> None:
   os.rename(tmp, workdir)
 
 
+def _last_per_key(overrides: tuple[str, ...]) -> list[str]:
+  """The overrides that take effect: a key set twice (a sweep overriding a runner
+  default) appears once, with its last value."""
+  effective: dict[str, str] = {}
+  for override in overrides:
+    key = override.split('=', 1)[0]
+    effective.pop(key, None)
+    effective[key] = override
+  return list(effective.values())
+
+
+def _shown_path(path: str) -> str:
+  """`path` relative to the working directory when it lies below it, so that reports
+  pasted into the repository do not carry one machine's absolute paths."""
+  relative = os.path.relpath(path)
+  return path if relative.startswith('..') else relative
+
+
 def _clock(seconds: float) -> str:
   seconds = int(round(seconds))
   return f'{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'
@@ -218,9 +236,9 @@ def write_aggregate(sweep: sweeps.Sweep, runs: list[sweeps.Run], base: str, root
                              'this config; run the sweep without --aggregate_only first.')
   first = next(r for r in runs if is_done(r))
   header = {
-      'sweep': f'{sweep.path} ({len(sweep.members)} members)',
+      'sweep': f'{_shown_path(sweep.path)} ({len(sweep.members)} members)',
       'base config': base + (f' with {" ".join(extra)}' if extra else ''),
-      'common overrides': ' '.join((*sweeps.SWEEP_DEFAULTS, *sweep.overrides)),
+      'common overrides': ' '.join(_last_per_key((*sweeps.SWEEP_DEFAULTS, *sweep.overrides))),
       'members': '; '.join(f'{m.name}: {" ".join(m.overrides) or "(base)"}'
                            for m in dict.fromkeys(r.member for r in runs)),
       'seeds': f'{seeds} augmenter-training seeds (config.seed 0..{seeds - 1})',
