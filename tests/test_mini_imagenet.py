@@ -17,6 +17,7 @@ from autoaug_jax.config import builders
 from autoaug_jax.core import tasks
 from autoaug_jax.data import images as image_ops
 from autoaug_jax.data import mini_imagenet
+from autoaug_jax.data import prepared as prepared_lib
 from autoaug_jax.errors import ConfigError, DataError
 
 tfds.disable_progress_bar()
@@ -229,7 +230,7 @@ def test_out_holding_a_different_dataset(tmp_path):
     mini_imagenet.prepare(other, out, 16)
   assert sorted(os.listdir(first)) == before
   mini_imagenet.prepare(other, out, 16, overwrite=True)
-  meta = mini_imagenet._read_metadata(first)
+  meta = prepared_lib.read_metadata(first)
   assert meta['source']['layout'] == 'rfs'
 
 
@@ -260,7 +261,7 @@ def test_stale_temporary_folders_are_removed_running_ones_kept(tmp_path):
   dead = out / '.prepare-tmp-123-dead'
   (dead / 'mini_imagenet').mkdir(parents=True)
   (dead / '.lock').touch()
-  running, fd = mini_imagenet._lock_tmp(str(out))  # held, as by a live conversion
+  running, fd = prepared_lib._lock_tmp(str(out))  # held, as by a live conversion
   try:
     mini_imagenet.prepare(src, str(out), 16)
     assert not dead.exists() and os.path.isdir(running)
@@ -327,5 +328,5 @@ def test_training_run_from_a_converted_fixture(tmp_path):
                  '--config.data.images_per_class=0', '--config.num_meta_steps=2'])
   assert result.returncode == 0, result.stderr[-3000:]
   report = (workdir / 'report.md').read_text()
-  assert 'mini_imagenet (meta-test classes: 3)' in report
+  assert f'mini_imagenet in {out} (meta-test classes: 3)' in report
   assert 'learned' in report

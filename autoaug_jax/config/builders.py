@@ -187,7 +187,8 @@ def _tfds(d: ConfigDict, split: str, image_size: int) -> FewShotSplit:
       subset_seed=d.subset_seed, source_splits=t.splits, image_key=t.image_key,
       label_key=t.label_key, division=tfds_source.ClassSplit(
           classes={s: tuple(t[f'{s}_classes']) for s in tfds_source.SPLITS},
-          proportions=tuple(float(p) for p in t.proportions), seed=t.split_seed))
+          proportions=tuple(float(p) for p in t.proportions), seed=t.split_seed,
+          mode=t.class_split))
 
 
 DATASETS = {

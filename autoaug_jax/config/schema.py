@@ -21,6 +21,8 @@ EVAL_METHODS = ('none', 'duplicate', 'fixed', 'random_convnet', 'learned', 'adap
 DEFAULT_EVAL_METHODS = ('none', 'duplicate', 'fixed', 'random_convnet', 'learned')
 # Convolution layouts; 'auto' picks one for the platform (`builders.conv_impl`).
 CONV_IMPLS = ('auto', 'patches', 'native')
+# How data.name=tfds divides a dataset's classes (data.tfds.class_split).
+CLASS_SPLITS = ('auto', 'proportions', 'all_test')
 # `matmul_precision` values: jax_default_matmul_precision's names for float32.
 MATMUL_PRECISIONS = ('highest', 'high', 'default')
 
@@ -49,8 +51,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.tfds.splits = ''
   c.data.tfds.image_key = 'image'
   c.data.tfds.label_key = 'label'
-  # Explicit class split (names or label ids); if empty, a seeded split of
-  # all classes by proportions (train, val, test).
+  # Explicit class split (names or label ids); if empty, `class_split` decides:
+  # 'auto' keeps the split a prepared folder tree records (train/val/test
+  # folders), else splits every class by proportions (train, val, test),
+  # seeded; 'proportions' always does the latter; 'all_test' makes every class
+  # a test class (evaluating a trained augmenter on another dataset).
+  c.data.tfds.class_split = 'auto'
   c.data.tfds.train_classes = ()
   c.data.tfds.val_classes = ()
   c.data.tfds.test_classes = ()

@@ -19,7 +19,7 @@ import os
 
 import ml_collections
 
-from autoaug_jax.config import builders
+from autoaug_jax.config import builders, schema
 from autoaug_jax.config.schema import CONV_IMPLS, EVAL_METHODS, MATMUL_PRECISIONS, base_config
 from autoaug_jax.errors import ConfigError
 
@@ -119,6 +119,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
            'data.images_per_class=0 means "all", but glyphs are rendered: give a number.')
   _require(config.data.name != 'tfds' or bool(config.data.tfds.name),
            'data.name=tfds needs data.tfds.name, e.g. --config.data.tfds.name=cifar100.')
+  _require(config.data.tfds.class_split in schema.CLASS_SPLITS,
+           f'data.tfds.class_split={config.data.tfds.class_split!r}: choose one of '
+           f'{", ".join(schema.CLASS_SPLITS)}.')
   _require(_real(config.data.spurious) and 0.0 <= config.data.spurious <= 1.0,
            f'data.spurious={config.data.spurious} must lie in [0, 1].')
   for key in ('augmenter.noise_std', 'augmenter.fixed.noise_std'):

@@ -8,7 +8,8 @@ with split one of 'train', 'val', 'test' (disjoint classes);
 - `mini_imagenet`: MiniImagenet prepared once by `python -m
   autoaug_jax.data.prepare` into `data.dir`;
 - `tfds`: any image-classification dataset already in a local TFDS
-  `data.dir`, with a class split from the config.
+  `data.dir`, with a class split from the config; one's own class-folder
+  trees become such datasets through `prepare` (`image_folders`).
 
 Nothing is imported here, so that importing `data.split` (the task sampler
 does) pulls in neither TFDS nor matplotlib.

@@ -4,8 +4,9 @@ Every source (MiniImagenet files, TFDS datasets) ends in the same step: an
 RGB uint8 image resized once to the run's square size on the host, before the
 split goes to the device (`autoaug_jax.core.tasks`). PIL's resampling filters
 widen their support when shrinking, so downscaling is antialiased; images are
-squashed to a square without cropping, as Ravi & Larochelle's MiniImagenet
-tool did.
+squashed to a square without cropping by default, as Ravi & Larochelle's
+MiniImagenet tool did; `fit(..., crop='center')` keeps the aspect ratio by
+cutting the central square first.
 """
 
 from __future__ import annotations
@@ -47,6 +48,22 @@ def resize(image: np.ndarray, size: int) -> np.ndarray:
   if image.shape[:2] == (size, size):
     return image
   return np.asarray(Image.fromarray(image).resize((size, size), RESAMPLE))
+
+
+# How a non-square image becomes square (prepare's --crop).
+CROPS = ('squash', 'center')
+
+
+def fit(image: np.ndarray, size: int, crop: str = 'squash') -> np.ndarray:
+  """[H, W, 3] uint8 -> [size, size, 3] uint8: squashed, or its central square resized."""
+  if crop == 'center':
+    h, w = image.shape[:2]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    image = image[top:top + side, left:left + side]
+  elif crop != 'squash':
+    raise ValueError(f'crop={crop!r}: choose one of {CROPS}.')
+  return resize(image, size)
 
 
 def resize_all(images: np.ndarray, size: int) -> np.ndarray:

@@ -78,6 +78,17 @@ class RawSource:
   splits: dict[str, list[RawClass]]
 
 
+def has_split_files(source: str) -> bool:
+  """Whether `source` or a folder directly below it holds any MiniImagenet split file
+  (then it is read as MiniImagenet, not as a tree of class folders)."""
+  if not os.path.isdir(source):
+    return False
+  names = {n for layout in LAYOUTS.values() for split in layout.values() for n in split}
+  folders = [source] + [os.path.join(source, d) for d in os.listdir(source)
+                        if os.path.isdir(os.path.join(source, d)) and not d.startswith('.')]
+  return any(names & set(os.listdir(folder)) for folder in folders)
+
+
 def _find_layout(source: str) -> tuple[str, str, dict[str, str]]:
   """(layout, folder, {split: file}) for the first complete layout; DataError otherwise."""
   if not os.path.isdir(source):

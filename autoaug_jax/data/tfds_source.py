@@ -7,10 +7,13 @@ meta-train / meta-val / meta-test -> `FewShotSplit` -> the task sampler.
 Few-shot learning needs disjoint classes, not TFDS's train/test images, so
 the TFDS splits named in `data.tfds.splits` (default: all of them) are pooled
 first and the class split comes from the config: explicit class lists
-(`data.tfds.{train,val,test}_classes`, names or ids) or a seeded split by
-`data.tfds.proportions`. Nothing is ever downloaded (`download=False`); a
-dataset that is missing, or prepared in the tfrecord format that only
-TensorFlow reads, is refused with where we looked and how to fix it.
+(`data.tfds.{train,val,test}_classes`, names or ids), else the split a
+dataset prepared from train/val/test folders records (`image_folders`), else
+a seeded split by `data.tfds.proportions`; `data.tfds.class_split=all_test`
+makes every class a test class, for evaluating on another dataset. Nothing
+is ever downloaded (`download=False`); a dataset that is missing, or prepared
+in the tfrecord format that only TensorFlow reads, is refused with where we
+looked and how to fix it.
 """
 
 from __future__ import annotations
@@ -177,17 +180,24 @@ class ClassSplit:
   """How a dataset's classes are divided into the few-shot splits.
 
   classes: split -> explicit class names or label ids (`data.tfds.<split>_classes`;
-    all empty: use proportions); proportions: (train, val, test) fractions of the
-    classes, drawn with `seed`.
+    these win when given); mode: 'auto' (the split the dataset records, if a
+    prepared folder tree did, else proportions), 'proportions', or 'all_test'
+    (every class is a test class); proportions: (train, val, test) fractions of
+    the classes, drawn with `seed`.
   """
   classes: dict[str, tuple]
   proportions: tuple[float, float, float] = (0.64, 0.16, 0.20)
   seed: int = 0
+  mode: str = 'auto'
 
 
-def class_split(present: np.ndarray, names: tuple[str, ...], spec: ClassSplit
-                ) -> dict[str, list[int]]:
-  """Label ids of each few-shot split, from explicit lists or seeded proportions."""
+def class_split(present: np.ndarray, names: tuple[str, ...], spec: ClassSplit,
+                recorded: dict[str, list[str]] | None = None) -> dict[str, list[int]]:
+  """Label ids of each few-shot split: explicit lists, else as `spec.mode` says.
+
+  `recorded`: the class split a prepared dataset carries in its metadata
+  (split -> class names), used by mode 'auto'.
+  """
   explicit = {s: tuple(spec.classes.get(s, ())) for s in SPLITS}
   if any(explicit.values()):
     if not explicit['train'] or not explicit['test']:
@@ -202,6 +212,10 @@ def class_split(present: np.ndarray, names: tuple[str, ...], spec: ClassSplit
                           f'data.tfds.{s}_classes; few-shot splits need disjoint classes.')
         seen[c] = s
     return out
+  if spec.mode == 'all_test':
+    return {'train': [], 'val': [], 'test': np.sort(present).tolist()}
+  if spec.mode == 'auto' and recorded:
+    return {s: _resolve(recorded.get(s, ()), names, f'{s}_classes (recorded)') for s in SPLITS}
   props = tuple(float(p) for p in spec.proportions)
   if len(props) != 3 or min(props) < 0 or abs(sum(props) - 1) > 1e-6:
     raise DataError(f'data.tfds.proportions={props} must be three non-negative fractions '
@@ -230,10 +244,19 @@ def load_split(split: str, image_size: int, *, name: str, data_dir: str, images_
   data_dir = data_dir_from_config(data_dir)
   images, labels, names = _pooled(name, data_dir, source_splits, image_key, label_key,
                                   image_size)
-  ids = class_split(np.unique(labels), names, division)[split]
+  recorded = (_info(name, data_dir).metadata or {}).get('class_split') or None
+  ids = class_split(np.unique(labels), names, division, recorded)[split]
+  if not ids and division.mode == 'all_test' and not any(division.classes.values()):
+    raise DataError(f'data.tfds.class_split=all_test makes every class of {name} a test class, '
+                    f'so there are no {split} classes: it is for evaluating a trained augmenter '
+                    '(python -m autoaug_jax.evaluate --workdir=W --config.data...). To train on '
+                    f'{name}, use class_split=auto or proportions.')
   if not ids:
     raise DataError(f'The {split} split of {name} has no classes; set '
                     f'data.tfds.{split}_classes (or eval.val_every=0 to skip validation).')
+  if recorded and division.mode == 'auto' and not any(division.classes.values()):
+    logging.log_first_n(logging.INFO, '%s: the class split its folders recorded (%s).', 1,
+                        name, ', '.join(f'{len(recorded.get(s, ()))} {s}' for s in SPLITS))
   chosen, new_labels = [], []
   for new, c in enumerate(ids):
     members = np.flatnonzero(labels == c)

@@ -37,6 +37,18 @@ def device_summary(mesh) -> str:
   return f'{sharding.describe(mesh)}; host {platform.node()}'
 
 
+def dataset_name(data) -> str:
+  """A `config.data` node as reports name it: which dataset, from where, which classes."""
+  if data.name == 'tfds':
+    t = data.tfds
+    explicit = any(t[f'{s}_classes'] for s in ('train', 'val', 'test'))
+    split = 'explicit class lists' if explicit else f'class_split {t.class_split}'
+    return f'tfds {t.name} in {data.dir or "the default data_dir"} ({split})'
+  if data.name == 'mini_imagenet':
+    return f'mini_imagenet in {data.dir or "the default data_dir"}'
+  return data.name
+
+
 def _synthetic_weight_line(config, augmenter, params: Params) -> dict[str, str]:
   """The report's line on `inner.synthetic_weight`, if the run uses one."""
   weight = augmenter.synthetic_weight(params)
@@ -50,10 +62,13 @@ def _synthetic_weight_line(config, augmenter, params: Params) -> dict[str, str]:
 
 
 def run_evaluation(config, params: Params, run: setup_lib.Prepared, out_dir: str, *,
-                   checkpoint_label: str, extra_header: dict[str, str] | None = None) -> list:
+                   checkpoint_label: str, extra_header: dict[str, str] | None = None,
+                   trained_on: str = '') -> list:
   """Evaluates every method on `run`'s test split and writes the report into out_dir.
 
-  `extra_header`: more lines for the report's header (overrides, config changes).
+  `extra_header`: more lines for the report's header (overrides, config changes);
+  `trained_on`: the dataset the augmenter was trained on, if not the evaluation's
+  (cross-domain evaluation), named in the report next to the evaluation's.
   """
   mesh, consts, test_split = run.mesh, run.consts, run.splits['test']
   objective = run.objective
@@ -90,7 +105,9 @@ def run_evaluation(config, params: Params, run: setup_lib.Prepared, out_dir: str
       'task': f'{t.n_way}-way {t.k_shot}-shot {t.q_query}-query, {config.image_size}x'
               f'{config.image_size}, {config.inner.steps} inner SGD steps (lr {config.inner.lr}), '
               f'augmentation factor {config.augmenter.factor}',
-      'dataset': f'{config.data.name} (meta-test classes: {test_split.num_classes})',
+      **({'augmenter trained on': trained_on} if trained_on else {}),
+      ('evaluated on' if trained_on else 'dataset'): (
+          f'{dataset_name(config.data)} (meta-test classes: {test_split.num_classes})'),
       'augmenter': f'{config.augmenter.name} (frozen={config.augmenter.frozen})' + (
           f', weights: {config.augmenter.weights or "random initialisation"}'
           if config.augmenter.name == 'resnet50' else '') + (
@@ -192,8 +209,10 @@ def evaluate_checkpoint(workdir: str, checkpoint: str = '', out_dir: str = '',
   history = workdir_lib.read_changes(workdir)
   if history:
     extra['config changes during training'] = workdir_lib.describe_changes(history)
+  trained_on = dataset_name(trained_with.data)
   return run_evaluation(config, params, setup_lib.place(meta, mesh, splits), out_dir,
-                        checkpoint_label=label, extra_header=extra)
+                        checkpoint_label=label, extra_header=extra,
+                        trained_on='' if trained_on == dataset_name(config.data) else trained_on)
 
 
 def _check_same_classifier(trained_with, config) -> None:
