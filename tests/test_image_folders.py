@@ -53,12 +53,14 @@ def test_flat_tree_as_users_have_it(tmp_path):
     f.write('not an image')
   open(os.path.join(odd, '.DS_Store'), 'w').close()
   fx.save(os.path.join(root, 'banana', '.thumbs', 'hidden.png'), fx.pattern('h', 0))
+  with open(os.path.join(root, 'LICENSE'), 'w') as f:
+    f.write('CC-BY')
 
   out = tmp_path / 'data'
   path = image_folders.prepare(root, str(out), 16)
   assert path == str(out / 'my_fruit' / '1.0.0')
   meta = prepared_lib.read_metadata(path)
-  assert meta['skipped'] == {'hidden': 2, 'not an image': 1}
+  assert meta['skipped'] == {'hidden': 2, 'not an image': 1, 'outside a class folder': 1}
   assert meta['class_counts'] == {'images': [16, 11, 11, 11, 11]}
   assert 'class_split' not in meta  # a flat tree is split at training time
 

@@ -56,7 +56,7 @@ class Tree:
   layout: str  # 'split folders' or 'class folders'
   root: str
   splits: dict[str, list[RawClass]]
-  skipped: dict[str, int]  # 'hidden' / 'not an image' -> count
+  skipped: dict[str, int]  # why ('hidden', 'not an image', ...) -> files or folders
 
   @property
   def num_images(self) -> int:
@@ -90,7 +90,7 @@ def _class_images(folder: str, skipped: dict[str, int]) -> list[str]:
 
 def _classes(folder: str, skipped: dict[str, int]) -> list[RawClass]:
   names = [d for d in _visible(os.listdir(folder)) if os.path.isdir(os.path.join(folder, d))]
-  skipped['not an image'] += sum(
+  skipped['outside a class folder'] += sum(
       1 for n in _visible(os.listdir(folder)) if not os.path.isdir(os.path.join(folder, n)))
   classes = [RawClass(name, paths=_class_images(os.path.join(folder, name), skipped))
              for name in names]
@@ -107,7 +107,7 @@ def read_tree(source: str) -> Tree:
   if not os.path.isdir(root):
     raise DataError(f'--source={source!r} is not a folder. Pass the folder holding one '
                     'sub-folder per class (or train/, val/, test/ with the classes).')
-  skipped = {'hidden': 0, 'not an image': 0}
+  skipped = {'hidden': 0, 'not an image': 0, 'outside a class folder': 0}
   entries = _visible(os.listdir(root))
   folders = [e for e in entries if os.path.isdir(os.path.join(root, e))]
   loose = [e for e in entries if e not in folders]
@@ -127,6 +127,7 @@ def read_tree(source: str) -> Tree:
           f'with other folders ({", ".join(others[:10])}). Put every class folder under '
           'train/, val/ or test/, or none of them (a flat tree, split at training time).')
     splits, where = {}, {}
+    skipped['outside a class folder'] += len(loose)
     for folder, split in split_names.items():
       if split in where:
         raise DataError(f'{root} has two {split} folders ({where[split]} and {folder}); merge '
@@ -241,10 +242,9 @@ def prepare(source: str, out: str, image_size: int, *, name: str = '', crop: str
   target = version_dir(out, name)
   if prepared.existing_is_same(target, fingerprint, overwrite, name):
     return target
-  logging.info('Found %s in %s: %s classes, %d images (skipped %d hidden files or folders and '
-               '%d files that are not images).', tree.layout, tree.root,
+  logging.info('Found %s in %s: %s classes, %d images; skipped %s.', tree.layout, tree.root,
                '/'.join(f'{len(c)} {s}' for s, c in tree.splits.items()), tree.num_images,
-               tree.skipped['hidden'], tree.skipped['not an image'])
+               ', '.join(f'{n} {why}' for why, n in tree.skipped.items()))
 
   splits, unreadable, converted = {}, [], 0
   for s, classes in tree.splits.items():
