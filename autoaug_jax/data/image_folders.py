@@ -242,9 +242,10 @@ def prepare(source: str, out: str, image_size: int, *, name: str = '', crop: str
   target = version_dir(out, name)
   if prepared.existing_is_same(target, fingerprint, overwrite, name):
     return target
-  logging.info('Found %s in %s: %s classes, %d images; skipped %s.', tree.layout, tree.root,
-               '/'.join(f'{len(c)} {s}' for s, c in tree.splits.items()), tree.num_images,
-               ', '.join(f'{n} {why}' for why, n in tree.skipped.items()))
+  classes = (f'{len(tree.splits[ALL])} classes' if ALL in tree.splits else
+             ' / '.join(f'{len(c)} {s}' for s, c in tree.splits.items()) + ' classes')
+  logging.info('Found %s in %s: %s, %d images; skipped %s.', tree.layout, tree.root, classes,
+               tree.num_images, ', '.join(f'{n} {why}' for why, n in tree.skipped.items()))
 
   splits, unreadable, converted = {}, [], 0
   for s, classes in tree.splits.items():
