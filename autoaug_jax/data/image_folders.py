@@ -88,10 +88,16 @@ def _class_images(folder: str, skipped: dict[str, int]) -> list[str]:
   return sorted(paths)
 
 
+def _folders_and_files(folder: str) -> tuple[list[str], list[str]]:
+  """The visible entries of `folder`, sorted: sub-folder names, then other names."""
+  entries = _visible(os.listdir(folder))
+  folders = [e for e in entries if os.path.isdir(os.path.join(folder, e))]
+  return folders, [e for e in entries if e not in folders]
+
+
 def _classes(folder: str, skipped: dict[str, int]) -> list[RawClass]:
-  names = [d for d in _visible(os.listdir(folder)) if os.path.isdir(os.path.join(folder, d))]
-  skipped['outside a class folder'] += sum(
-      1 for n in _visible(os.listdir(folder)) if not os.path.isdir(os.path.join(folder, n)))
+  names, loose = _folders_and_files(folder)
+  skipped['outside a class folder'] += len(loose)
   classes = [RawClass(name, paths=_class_images(os.path.join(folder, name), skipped))
              for name in names]
   empty = [os.path.join(folder, c.name) for c in classes if not len(c)]
@@ -108,9 +114,7 @@ def read_tree(source: str) -> Tree:
     raise DataError(f'--source={source!r} is not a folder. Pass the folder holding one '
                     'sub-folder per class (or train/, val/, test/ with the classes).')
   skipped = {'hidden': 0, 'not an image': 0, 'outside a class folder': 0}
-  entries = _visible(os.listdir(root))
-  folders = [e for e in entries if os.path.isdir(os.path.join(root, e))]
-  loose = [e for e in entries if e not in folders]
+  folders, loose = _folders_and_files(root)
   if not folders:
     images = [e for e in loose if os.path.splitext(e)[1].lower() in IMAGE_EXTENSIONS]
     if images:

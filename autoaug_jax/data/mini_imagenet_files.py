@@ -84,9 +84,14 @@ def has_split_files(source: str) -> bool:
   if not os.path.isdir(source):
     return False
   names = {n for layout in LAYOUTS.values() for split in layout.values() for n in split}
-  folders = [source] + [os.path.join(source, d) for d in os.listdir(source)
-                        if os.path.isdir(os.path.join(source, d)) and not d.startswith('.')]
-  return any(names & set(os.listdir(folder)) for folder in folders)
+  return any(names & set(os.listdir(folder)) for folder in _candidate_folders(source))
+
+
+def _candidate_folders(source: str) -> list[str]:
+  """`source` and its visible sub-folders, where split files are looked for."""
+  return [source] + sorted(
+      os.path.join(source, d) for d in os.listdir(source)
+      if os.path.isdir(os.path.join(source, d)) and not d.startswith('.'))
 
 
 def _find_layout(source: str) -> tuple[str, str, dict[str, str]]:
@@ -94,9 +99,7 @@ def _find_layout(source: str) -> tuple[str, str, dict[str, str]]:
   if not os.path.isdir(source):
     raise DataError(f'MiniImagenet source {source!r} is not a folder. Pass --source=DIR, the '
                     'folder holding the split files (pickles or train/val/test.csv).')
-  folders = [source] + sorted(
-      os.path.join(source, d) for d in os.listdir(source)
-      if os.path.isdir(os.path.join(source, d)) and not d.startswith('.'))
+  folders = _candidate_folders(source)
   partial = []
   for folder in folders:
     present = set(os.listdir(folder))

@@ -87,11 +87,12 @@ def _info(name: str, data_dir: str):
 
 @functools.lru_cache(maxsize=2)
 def _pooled(name: str, data_dir: str, splits: str, image_key: str, label_key: str,
-            image_size: int) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+            image_size: int) -> tuple[np.ndarray, np.ndarray, tuple[str, ...], dict | None]:
   """Every distinct image of the named TFDS splits, decoded and resized once per process.
 
-  Returns images [n, S, S, 3] uint8, labels [n] int64 TFDS label ids, and the
-  names of all label ids. Exact duplicates (same label and pixels) are kept
+  Returns images [n, S, S, 3] uint8, labels [n] int64 TFDS label ids, the
+  names of all label ids, and the class split the dataset's metadata records
+  (a prepared train/val/test folder tree), if any. Exact duplicates (same label and pixels) are kept
   once: some datasets ship splits that are subsets of others (Omniglot's
   `small1`/`small2` of `train`), and a repeated image could land in both a
   task's support and its query set.
@@ -153,7 +154,7 @@ def _pooled(name: str, data_dir: str, splits: str, image_key: str, label_key: st
     images, labels = images[keep], labels[keep]
   if not names:
     names = tuple(str(i) for i in range(int(labels.max()) + 1))
-  return images, labels, names
+  return images, labels, names, (info.metadata or {}).get('class_split') or None
 
 
 def clear_cache() -> None:
@@ -242,9 +243,8 @@ def load_split(split: str, image_size: int, *, name: str, data_dir: str, images_
   if split not in SPLITS:
     raise ValueError(f'Unknown split {split!r}; choose one of {SPLITS}.')
   data_dir = data_dir_from_config(data_dir)
-  images, labels, names = _pooled(name, data_dir, source_splits, image_key, label_key,
-                                  image_size)
-  recorded = (_info(name, data_dir).metadata or {}).get('class_split') or None
+  images, labels, names, recorded = _pooled(name, data_dir, source_splits, image_key,
+                                            label_key, image_size)
   ids = class_split(np.unique(labels), names, division, recorded)[split]
   if not ids and division.mode == 'all_test' and not any(division.classes.values()):
     raise DataError(f'data.tfds.class_split=all_test makes every class of {name} a test class, '
