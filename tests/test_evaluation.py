@@ -135,3 +135,18 @@ def test_a_diverged_classifier_is_counted_not_scored(eval_setup, tmp_path):
   assert 'non-finite on some tasks, which score 0: learned 4 of 4.' in text
   results = json.loads((tmp_path / 'results.json').read_text())
   assert results['per_task_diverged'] == {'none': [], 'learned': [0, 1, 2, 3]}
+
+
+def test_the_dataset_line_names_a_spurious_support_colour():
+  """The colour changes what every number means, so the report says it outside the
+  config dump, and an augmenter trained with it and evaluated without it shows both
+  datasets (evaluate_checkpoint compares these names)."""
+  from autoaug_jax.config.schema import base_config
+  from autoaug_jax.run import evaluate
+  data = base_config().data
+  plain = evaluate.dataset_name(data)
+  assert plain == data.name and 'spurious' not in plain
+  data.spurious = 0.5
+  assert evaluate.dataset_name(data) == (
+      f"{plain}, with a spurious support colour of strength 0.5 (each class's support "
+      'backgrounds tinted its own colour; queries untinted)')

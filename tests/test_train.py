@@ -44,7 +44,8 @@ def _run_cli(module, *args, cwd=REPO, timeout=600):
 def test_main_then_evaluate_entry_points(tmp_path):
   workdir = tmp_path / 'run'
   # A relative --workdir, as users type it.
-  out = _run_cli('main', f'--config={REPO}/configs/tiny.py', '--workdir=run', cwd=tmp_path)
+  out = _run_cli('main', f'--config={REPO}/configs/tiny.py', '--workdir=run',
+                 '--config.eval.report_note=Why this run.\n  Two lines.', cwd=tmp_path)
   assert out.returncode == 0, out.stderr[-3000:]
   for name in ('config.json', 'metrics.jsonl', 'report.md', 'deltas.png', 'augmentations.png',
                'results.json'):
@@ -56,6 +57,7 @@ def test_main_then_evaluate_entry_points(tmp_path):
   text = (workdir / 'report.md').read_text()
   for method in ('none', 'duplicate', 'fixed', 'random_convnet', 'learned'):
     assert f'| {method} |' in text
+  assert text.splitlines()[2] == '- **about this run**: Why this run. Two lines.'
   results = json.loads((workdir / 'results.json').read_text())
   assert results['header']['checkpoint'].startswith('best (step ')
 

@@ -187,6 +187,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Meta-validation for checkpoint selection; 0 disables it.
   c.eval.val_every = 50
   c.eval.val_tasks = 40
+  # A paragraph for the report's header: what setting this run demonstrates and
+  # why (a documented config says it where its results are read).
+  c.eval.report_note = ''
 
   c.log_every = 10
   c.checkpoint_every = 50

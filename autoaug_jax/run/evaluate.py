@@ -43,10 +43,17 @@ def dataset_name(data) -> str:
     t = data.tfds
     explicit = any(t[f'{s}_classes'] for s in ('train', 'val', 'test'))
     split = 'explicit class lists' if explicit else f'class_split {t.class_split}'
-    return f'tfds {t.name} in {data.dir or "the default data_dir"} ({split})'
-  if data.name == 'mini_imagenet':
-    return f'mini_imagenet in {data.dir or "the default data_dir"}'
-  return data.name
+    name = f'tfds {t.name} in {data.dir or "the default data_dir"} ({split})'
+  elif data.name == 'mini_imagenet':
+    name = f'mini_imagenet in {data.dir or "the default data_dir"}'
+  else:
+    name = data.name
+  if data.spurious:
+    # Named here, not only in the config dump: it changes what every number means,
+    # and an augmenter trained with it and evaluated without must show both.
+    name += (f', with a spurious support colour of strength {data.spurious:g} (each class\'s '
+             'support backgrounds tinted its own colour; queries untinted)')
+  return name
 
 
 def _synthetic_weight_line(config, augmenter, params: Params) -> dict[str, str]:
@@ -102,6 +109,9 @@ def run_evaluation(config, params: Params, run: setup_lib.Prepared, out_dir: str
                               diverged={name: s.num_diverged for name, s in scores.items()})
   t = config.task
   header = {
+      # One line: the header is a markdown list.
+      **({'about this run': ' '.join(config.eval.report_note.split())}
+         if config.eval.report_note.strip() else {}),
       'task': f'{t.n_way}-way {t.k_shot}-shot {t.q_query}-query, {config.image_size}x'
               f'{config.image_size}, {config.inner.steps} inner SGD steps (lr {config.inner.lr}), '
               f'augmentation factor {config.augmenter.factor}',
