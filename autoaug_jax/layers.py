@@ -1,4 +1,5 @@
-"""Convolution and pooling written as matmuls, for the classifier trained in the inner loop.
+"""Convolution and pooling written as matmuls, for the classifier trained in the inner loop
+and the ResNet augmenter's trunk and decoder.
 
 Why not `nn.Conv`: each task trains its own classifier, so under `vmap` over
 tasks the weights carry a task axis and XLA lowers a native convolution to a
@@ -62,6 +63,102 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: int = 0,
       [xp[:, dy:dy + stride * (ho - 1) + 1:stride, dx:dx + stride * (wo - 1) + 1:stride, :]
        for dy in range(k) for dx in range(k)], axis=-1)
   return patches @ kernel.reshape(k * k * c, o)
+
+
+def _same_transpose_taps(k: int, s: int) -> tuple[list[list[tuple[int, int]]], int, int]:
+  """Which kernel taps feed which output phase of a 'SAME' transposed convolution.
+
+  `lax.conv_transpose(..., 'SAME')` (what `nn.ConvTranspose` runs) correlates the
+  kernel with the input dilated by s and padded by pad_a in front. Output
+  o = s q + r then sums taps j = s (i - q) + pad_a - r, i.e. input row q + d with
+  d = (j - pad_a + r) / s: each phase r is an ordinary stride-1 correlation of the
+  undilated input with the taps j = pad_a - r (mod s).
+
+  Returns:
+    taps[r]: (j, d) pairs of phase r; d_min, d_max over every phase.
+  """
+  pad_len = k + s - 2
+  pad_a = k - 1 if s > k - 1 else -(-pad_len // 2)  # jax's _conv_transpose_padding
+  taps = [[(j, (j - pad_a + r) // s) for j in range(k) if (j - pad_a + r) % s == 0]
+          for r in range(s)]
+  ds = [d for phase in taps for _, d in phase]
+  return taps, min(ds), max(ds)
+
+
+def conv_transpose(x: jax.Array, kernel: jax.Array, stride: int,
+                   impl: str = 'patches') -> jax.Array:
+  """'SAME' transposed convolution, no bias: the values of `nn.ConvTranspose`.
+
+  'patches' is, for s > 1, the sub-pixel form: the s^2 output phases are
+  stride-1 correlations of the undilated input with sub-kernels, computed
+  together as one [.., m C] x [m C, s^2 O] matmul per kernel row (m = the taps'
+  window, 3 for k = 5, s = 2) and interleaved by a depth-to-space reshape.
+  XLA:CPU runs the native form (a convolution of the s-dilated input, 3/4 of it
+  zeros for s = 2) on a slow path: the sub-pixel form, with no dilation and no
+  overlap-add, is 8-17x faster for the ResNet decoder's stride-2 layers
+  (BUILD_NOTES.md). Rows are accumulated rather than concatenated so the patch
+  matrix is m, not m^2, times the input. For s = 1 the transposed convolution
+  is an ordinary convolution, which XLA:CPU runs well when its weights are
+  shared (here, unlike the classifier's per-task weights under vmap): 5-7x
+  faster than patches for the decoder's 7x7 layers at 128 px, and without a
+  7x patch matrix, so both impls use it.
+
+  Args:
+    x: [n, H, W, C].
+    kernel: [k, k, C, O], as `nn.ConvTranspose` stores it (transpose_kernel=False).
+    stride: s, the same in both spatial dimensions.
+    impl: 'patches' (sub-pixel matmuls) or 'native' (`lax.conv_transpose`).
+
+  Returns:
+    [n, s H, s W, O].
+  """
+  if impl not in ('patches', 'native'):
+    raise ValueError(f"conv impl {impl!r}: choose 'patches' or 'native'.")
+  if impl == 'native' or stride == 1:
+    return jax.lax.conv_transpose(x, kernel, (stride, stride), 'SAME',
+                                  dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  k, _, c, o = kernel.shape
+  s = stride
+  n, h, w, _ = x.shape
+  taps, lo, hi = _same_transpose_taps(k, s)
+  m = hi - lo + 1
+  # Sub-kernels on the shared window: w_all[dy, dx, :, ry, rx, :] is the tap that
+  # phase (ry, rx) applies at input offset (lo + dy, lo + dx); zero where it has none.
+  index = [[-1] * s for _ in range(m)]  # index[d - lo][r] -> kernel tap j, or -1
+  for r, phase in enumerate(taps):
+    for j, d in phase:
+      index[d - lo][r] = j
+  flat = jnp.asarray([[j if j >= 0 else k for j in row] for row in index])  # [m, s]
+  padded = jnp.pad(kernel, ((0, 1), (0, 1), (0, 0), (0, 0)))  # tap k is the zero tap
+  w_all = padded[flat[:, None, :, None], flat[None, :, None, :]]  # [m, m, s, s, C, O]
+  w_all = w_all.transpose(0, 1, 4, 2, 3, 5).reshape(m, m * c, s * s * o)
+  xp = jnp.pad(x, ((0, 0), (-lo, hi), (-lo, hi), (0, 0)))
+  y = 0.0
+  for dy in range(m):
+    rows = xp[:, dy:dy + h]
+    patches = jnp.concatenate([rows[:, :, dx:dx + w] for dx in range(m)], axis=-1)
+    y = y + patches @ w_all[dy]
+  y = y.reshape(n, h, w, s, s, o).transpose(0, 1, 3, 2, 4, 5)
+  return y.reshape(n, s * h, s * w, o)
+
+
+class ConvTranspose(nn.Module):
+  """'SAME' transposed convolution, stride s: parameters named, shaped and initialised
+  as `nn.ConvTranspose`'s ('kernel' [k, k, C, O] then 'bias' [O]), so both share
+  checkpoints and the same key gives the same weights."""
+  features: int
+  kernel_size: int
+  stride: int
+  impl: str = 'patches'  # 'patches' (sub-pixel matmuls) or 'native' (lax.conv_transpose)
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    k = self.kernel_size
+    # float32 draws as nn.ConvTranspose's param_dtype, also under x64: same key, same values.
+    kernel = self.param('kernel', nn.initializers.lecun_normal(),
+                        (k, k, x.shape[-1], self.features), jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32)
+    return conv_transpose(x, kernel, self.stride, self.impl) + bias
 
 
 class Conv3x3(nn.Module):

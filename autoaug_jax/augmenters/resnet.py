@@ -27,6 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from autoaug_jax import layers
 from autoaug_jax.augmenters.base import ImageAugmenter
 from autoaug_jax.pretrained import resnet
 from autoaug_jax.types import Params, float_dtype
@@ -37,13 +38,18 @@ WIDTHS = (512, 256, 128, 64, 32, 16, 3)
 
 
 class Decoder(nn.Module):
-  """Seven transposed convolutions: [n, h, w, C] -> [n, 32 h, 32 w, 3] in [0, 1]."""
+  """Seven transposed convolutions: [n, h, w, C] -> [n, 32 h, 32 w, 3] in [0, 1].
+
+  Parameters as `nn.ConvTranspose`'s (layers.ConvTranspose); `impl` 'patches'
+  is the sub-pixel matmul form for CPUs, 'native' lax.conv_transpose.
+  """
   widths: tuple[int, ...] = WIDTHS
+  impl: str = 'patches'
 
   @nn.compact
   def __call__(self, z: jax.Array) -> jax.Array:
     for i, (width, k, s) in enumerate(zip(self.widths, KERNELS, STRIDES, strict=True)):
-      z = nn.ConvTranspose(width, (k, k), strides=(s, s), padding='SAME', name=f'deconv{i}')(z)
+      z = layers.ConvTranspose(width, k, s, impl=self.impl, name=f'deconv{i}')(z)
       if i < len(self.widths) - 1:
         z = nn.relu(z)
     return nn.sigmoid(z)
@@ -90,7 +96,7 @@ class ResNetAugmenter(ImageAugmenter):
 
     def one_copy(key):
       noisy = z + self.noise_std * jax.random.normal(key, z.shape, z.dtype)
-      out = Decoder().apply({'params': params['decoder']}, noisy)
+      out = Decoder(impl=self.conv_impl).apply({'params': params['decoder']}, noisy)
       if out.shape[1:3] != size:
         out = jax.image.resize(out, (out.shape[0], *size, 3), 'linear', antialias=True)
       return out

@@ -1,0 +1,70 @@
+"""The matmul forms of layers.py against the native layers they replace on CPU."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from autoaug_jax import layers
+from autoaug_jax.augmenters import resnet as resnet_augmenter
+
+# The decoder's stride-2 (kernel, stride) pairs, then shapes that exercise the
+# tap arithmetic elsewhere: even kernels, stride 3, stride above the kernel.
+# (Stride 1 is an ordinary convolution, native in both impls.)
+PAIRS = [(3, 2), (5, 2), (4, 2), (5, 3), (6, 3), (2, 2), (1, 2)]
+
+
+def _weighted_sum(y):
+  # Distinct weights per output element, so a misplaced pixel changes the gradient.
+  return (y * jnp.arange(y.size, dtype=y.dtype).reshape(y.shape) / y.size).sum()
+
+
+@pytest.mark.parametrize('kernel_size, stride', PAIRS)
+def test_sub_pixel_transposed_conv_is_nn_conv_transpose(kernel_size, stride):
+  with jax.enable_x64(True):
+    x = jax.random.normal(jax.random.key(0), (2, 3, 5, 3), jnp.float64)
+    theirs = nn.ConvTranspose(4, (kernel_size, kernel_size), strides=(stride, stride),
+                              padding='SAME')
+    ours = layers.ConvTranspose(4, kernel_size, stride)
+    params = theirs.init(jax.random.key(1), x)
+    # Same names, shapes and draws: checkpoints and seeds carry over.
+    mine = ours.init(jax.random.key(1), x)
+    assert jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), params, mine) == (
+        jax.tree.map(lambda _: True, params))
+    params = jax.tree.map(lambda p: p.astype(jnp.float64), params)
+    y_theirs, y_ours = theirs.apply(params, x), ours.apply(params, x)
+    assert y_ours.shape == (2, 3 * stride, 5 * stride, 4)
+    np.testing.assert_allclose(y_ours, y_theirs, rtol=0, atol=1e-12)
+    grad = lambda m: jax.grad(lambda p, x: _weighted_sum(m.apply(p, x)), (0, 1))  # noqa: E731
+    for a, b in zip(jax.tree.leaves(grad(ours)(params, x)),
+                    jax.tree.leaves(grad(theirs)(params, x)), strict=True):
+      np.testing.assert_allclose(a, b, rtol=0, atol=1e-11)
+
+
+def test_native_impl_and_bad_impl():
+  x = jnp.ones((1, 2, 2, 3))
+  kernel = jax.random.normal(jax.random.key(0), (5, 5, 3, 2))
+  np.testing.assert_allclose(layers.conv_transpose(x, kernel, 2, 'native'),
+                             layers.conv_transpose(x, kernel, 2, 'patches'), atol=1e-5)
+  with pytest.raises(ValueError, match="conv impl 'fast'"):
+    layers.conv_transpose(x, kernel, 2, 'fast')
+
+
+def test_resnet_decoder_patches_equals_native():
+  """The ResNet augmenter's decoder on CPU ('patches') and on accelerators ('native'):
+  one parameter tree, the same values and gradients to float32 rounding."""
+  z = jax.random.normal(jax.random.key(0), (2, 2, 2, 24))
+  widths = (12, 10, 8, 6, 5, 4, 3)
+  patches = resnet_augmenter.Decoder(widths, impl='patches')
+  native = resnet_augmenter.Decoder(widths, impl='native')
+  params = patches.init(jax.random.key(1), z)
+  assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape,
+                                                         native.init(jax.random.key(1), z))
+  y_patches, y_native = patches.apply(params, z), native.apply(params, z)
+  assert y_patches.shape == (2, 64, 64, 3)
+  np.testing.assert_allclose(y_patches, y_native, rtol=0, atol=2e-6)
+  grad = lambda m: jax.grad(lambda p, z: _weighted_sum(m.apply(p, z)), (0, 1))  # noqa: E731
+  for a, b in zip(jax.tree.leaves(grad(patches)(params, z)),
+                  jax.tree.leaves(grad(native)(params, z)), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.abs(b).max()))
