@@ -67,6 +67,49 @@ def test_only_a_weighted_run_changes_its_augmenter(tiny_config):
   assert frozen.has_trainable_params(frozen.init(jax.random.key(0), (16, 16, 3)))
 
 
+def test_the_weight_can_have_its_own_learning_rate(tiny_config):
+  """With the augmenter's Adam lr the logit moves about lr per step at most; its own
+  lr moves it faster and leaves the augmenter's steps alone. Without one, the
+  optimiser state keeps the layout that earlier runs' checkpoints hold."""
+  from autoaug_jax.core import meta_step
+  tiny_config.inner.synthetic_weight, tiny_config.inner.learn_synthetic_weight = 0.5, True
+  augmenter = builders.run_augmenter(tiny_config)
+  params = augmenter.init(jax.random.key(0), (16, 16, 3))
+  grads = jax.tree.map(lambda p: jnp.full_like(p, 0.3), params)
+  base = builders.optimizer_settings(tiny_config)
+  assert base.weight_lr == 0.0
+  shared = meta_step.make_optimizer(base, augmenter, params)
+  tiny_config.outer.synthetic_weight_lr = 0.05
+  validate(tiny_config)
+  own = meta_step.make_optimizer(builders.optimizer_settings(tiny_config), augmenter, params)
+  # Test-time adaptation keeps one optimiser (its lr is eval.adapt_lr).
+  assert builders.optimizer_settings(tiny_config, lr=1e-3).weight_lr == 0.0
+  for opt, weight_step in ((shared, base.lr), (own, 0.05)):
+    updates, _ = opt.update(grads, opt.init(params), params)
+    # Adam's first step is lr times the gradient's sign, leaf by leaf.
+    np.testing.assert_allclose(updates[WEIGHT_LOGIT], -weight_step, rtol=1e-4)
+    some = jax.tree.leaves(updates['augmenter'])[0]
+    np.testing.assert_allclose(some, -base.lr, rtol=1e-4)
+  old_layout = meta_step.make_optimizer(
+      meta_step.OptimizerSettings(base.name, base.lr, base.grad_clip), augmenter, params)
+  assert (jax.tree.structure(shared.init(params))
+          == jax.tree.structure(old_layout.init(params)))
+  assert (jax.tree.structure(own.init(params))
+          != jax.tree.structure(shared.init(params)))
+  with pytest.raises(ValueError, match='no learned synthetic weight'):
+    meta_step.make_optimizer(dataclasses.replace(base, weight_lr=0.1), augmenter.base,
+                             params['augmenter'])
+
+
+def test_a_weight_lr_without_a_learned_weight_is_refused(tiny_config):
+  tiny_config.outer.synthetic_weight_lr = 0.02
+  with pytest.raises(ConfigError, match='add --config.inner.learn_synthetic_weight=True'):
+    validate(tiny_config)
+  tiny_config.outer.synthetic_weight_lr = -1.0
+  with pytest.raises(ConfigError, match='must be a finite number >= 0'):
+    validate(tiny_config)
+
+
 def _task_losses(config, split, augmenter, params):
   """Query losses [4] of four training tasks with `augmenter` in the run's objective."""
   run = builders.meta_setup(config)
@@ -152,7 +195,7 @@ def test_a_run_learns_its_weight_and_reports_it(tmp_path):
       [sys.executable, '-m', 'autoaug_jax.main', f'--config={REPO}/configs/tiny.py',
        f'--workdir={tmp_path}', "--config.eval.methods=('none','fixed','learned')",
        '--config.inner.synthetic_weight=0.5', '--config.inner.learn_synthetic_weight=True',
-       '--config.outer.lr=0.1'],
+       '--config.outer.synthetic_weight_lr=0.1'],
       cwd=REPO, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   lines = [json.loads(x) for x in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
@@ -160,5 +203,5 @@ def test_a_run_learns_its_weight_and_reports_it(tmp_path):
   assert len(weights) == 4 and weights[0] == pytest.approx(0.5, rel=1e-6)
   assert len(set(weights)) > 1  # it moved
   report = (tmp_path / 'report.md').read_text()
-  assert '- **synthetic weight**: learned (from 0.5): 0.' in report
+  assert '- **synthetic weight**: learned (from 0.5, lr 0.1): 0.' in report
   assert '| fixed |' in report and '| learned |' in report

@@ -225,7 +225,8 @@ def optimizer_settings(config: ConfigDict, lr: float | None = None
   """`outer.*`; at `lr` instead of `outer.lr` if given (test-time adaptation's)."""
   o = config.outer
   return meta_step.OptimizerSettings(name=o.optimizer, lr=o.lr if lr is None else lr,
-                                     grad_clip=o.grad_clip)
+                                     grad_clip=o.grad_clip,
+                                     weight_lr=o.synthetic_weight_lr if lr is None else 0.0)
 
 
 # Settings resolved from the platform ('auto'). Measured (BUILD_NOTES.md,

@@ -173,6 +173,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.outer.optimizer = 'adam'
   c.outer.lr = 1e-3
   c.outer.grad_clip = 1.0
+  # Learning rate of the learned synthetic weight's logit (inner.learn_synthetic_
+  # weight), with its own optimiser state; 0: outer.lr, with the augmenter. Adam
+  # moves a parameter by about lr per step at most, so at outer.lr = 1e-3 the
+  # logit moves under 0.5 in 500 steps (w stays within 0.38-0.62 from 0.5):
+  # e.g. 0.02 lets meta-training take w to 0 or 1 (BUILD_NOTES.md).
+  c.outer.synthetic_weight_lr = 0.0
 
   c.eval = ml_collections.ConfigDict()
   c.eval.num_tasks = 100

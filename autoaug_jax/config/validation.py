@@ -70,6 +70,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require(config.augmenter.name != 'none',
              "inner.learn_synthetic_weight=True with augmenter.name='none': there are no "
              'synthetic images to weigh.')
+  weight_lr = config.outer.synthetic_weight_lr
+  _require(_real(weight_lr) and math.isfinite(weight_lr) and weight_lr >= 0,
+           f'outer.synthetic_weight_lr={weight_lr!r} must be a finite number >= 0 (0: '
+           'outer.lr).')
+  _require(not weight_lr or learn,
+           f'outer.synthetic_weight_lr={weight_lr!r} is the learned synthetic weight\'s '
+           'learning rate: add --config.inner.learn_synthetic_weight=True (and '
+           '--config.inner.synthetic_weight in (0, 1)), or leave it at 0.')
   clip = config.outer.grad_clip
   _require(_real(clip) and math.isfinite(clip) and clip >= 0,
            f'outer.grad_clip={clip!r} must be a finite number >= 0 (0 turns clipping off).')

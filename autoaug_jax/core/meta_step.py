@@ -20,6 +20,7 @@ import optax
 from flax import struct
 from jax.sharding import Mesh
 
+from autoaug_jax.augmenters import weighted
 from autoaug_jax.core import rng
 from autoaug_jax.core.objective import Objective, batched_outcomes
 from autoaug_jax.core.sharding import put_replicated, replicated
@@ -46,6 +47,8 @@ class OptimizerSettings:
   name: str
   lr: float
   grad_clip: float
+  # The learned synthetic weight's logit at its own lr (0: at `lr`, with the rest).
+  weight_lr: float = 0.0
 
 
 def make_optimizer(settings: OptimizerSettings, augmenter, params: Params
@@ -54,12 +57,24 @@ def make_optimizer(settings: OptimizerSettings, augmenter, params: Params
 
   Clipping off is an identity in the same chain, so that the optimiser state has one
   layout whatever `grad_clip` is and a run can resume with clipping turned on or off.
+  With `weight_lr`, a learned synthetic weight's logit gets its own optimiser
+  (clipped on its own): Adam moves a leaf by about lr per step at most, so at
+  the augmenter's lr the logit could barely move in a run. Only then does the
+  state gain that group, so runs without it keep their layout.
   """
-  opt = {'adam': optax.adam, 'sgd': optax.sgd}[settings.name](settings.lr)
-  clip = settings.grad_clip
-  opt = optax.chain(optax.clip_by_global_norm(clip) if clip > 0 else optax.identity(), opt)
+  def optimizer(lr):
+    opt = {'adam': optax.adam, 'sgd': optax.sgd}[settings.name](lr)
+    clip = settings.grad_clip
+    return optax.chain(optax.clip_by_global_norm(clip) if clip > 0 else optax.identity(), opt)
+
   labels = jax.tree.map(lambda t: 'train' if t else 'freeze', augmenter.trainable_mask(params))
-  return optax.multi_transform({'train': opt, 'freeze': optax.set_to_zero()}, labels)
+  transforms = {'train': optimizer(settings.lr), 'freeze': optax.set_to_zero()}
+  if settings.weight_lr > 0:
+    if not (isinstance(labels, dict) and labels.get(weighted.WEIGHT_LOGIT) == 'train'):
+      raise ValueError('weight_lr is set but the augmenter has no learned synthetic weight.')
+    labels = {**labels, weighted.WEIGHT_LOGIT: 'weight'}
+    transforms['weight'] = optimizer(settings.weight_lr)
+  return optax.multi_transform(transforms, labels)
 
 
 def init_params(augmenter, image_shape: tuple[int, int, int], seed: int) -> Params:

@@ -62,7 +62,8 @@ def _synthetic_weight_line(config, augmenter, params: Params) -> dict[str, str]:
   if weight is None:
     return {}
   value = f'{float(jax.device_get(weight)):.4f}'
-  how = (f'learned (from {config.inner.synthetic_weight:g}): {value}'
+  weight_lr = config.outer.synthetic_weight_lr or config.outer.lr
+  how = (f'learned (from {config.inner.synthetic_weight:g}, lr {weight_lr:g}): {value}'
          if config.inner.learn_synthetic_weight else value)
   return {'synthetic weight': f'{how} per synthetic image in the inner loss of learned/adapted '
                               '(baselines: 1, as in the paper)'}
