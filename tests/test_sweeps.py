@@ -87,8 +87,9 @@ def test_every_study_plans_over_its_base(tmp_path):
   studies = sweeps.available_sweeps()
   assert set(studies) == {'support_size', 'task_difficulty', 'augmentation_factor',
                           'augmenter_complexity', 'classifier_complexity', 'diffusion',
-                          'training_length', 'spurious', 'synthetic_weight'}
-  long = {'training_length', 'spurious', 'synthetic_weight'}
+                          'training_length', 'spurious', 'synthetic_weight',
+                          'synthetic_weight_shared'}
+  long = {'training_length', 'spurious', 'synthetic_weight', 'synthetic_weight_shared'}
   sd = tmp_path / 'sd'
   for sub in ('unet', 'vae', 'text_encoder', 'tokenizer', 'scheduler'):
     (sd / sub).mkdir(parents=True)
@@ -97,7 +98,8 @@ def test_every_study_plans_over_its_base(tmp_path):
             'augmentation_factor': ('augmenter.factor', [1, 2, 5]),
             'training_length': ('task.k_shot', [1, 5]),
             'spurious': ('data.spurious', [0.0, 0.5, 1.0]),
-            'synthetic_weight': ('data.spurious', [0.0, 1.0])}
+            'synthetic_weight': ('data.spurious', [0.0, 1.0]),
+            'synthetic_weight_shared': ('data.spurious', [0.0, 1.0])}
   for study in studies:
     base = os.path.join(REPO, 'configs', 'diffusion.py' if study == 'diffusion'
                         else 'sweep_cpu.py')
@@ -109,6 +111,8 @@ def test_every_study_plans_over_its_base(tmp_path):
                                          'learned') + (() if study in long else ('adapted',))
       if study in long:
         assert run.config.num_meta_steps == 500
+      if study.startswith('synthetic_weight'):  # the weight's own optimiser, or the first design's
+        assert run.config.outer.synthetic_weight_lr == (0.02 if study == 'synthetic_weight' else 0)
       assert run.config.augmenter.sd_dir == str(sd)  # --override reaches every member
       assert run.config.seed == run.seed
     if study in expect:
