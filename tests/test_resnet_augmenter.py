@@ -157,3 +157,13 @@ def test_random_init_without_weights():
   params = augmenter.init(jax.random.key(0), (32, 32, 3))
   out = augmenter.synthesize(params, jnp.full((2, 32, 32, 3), 0.5), jax.random.key(1))
   assert out.shape == (1, 2, 32, 32, 3)
+
+
+def test_decoder_impl_follows_conv_impl_and_stays_native_on_accelerators(monkeypatch):
+  """'auto': the sub-pixel decoder where it was measured faster (CPU), native elsewhere."""
+  assert builders.decoder_impl('auto') == 'patches'  # the tests run on CPU
+  assert builders.decoder_impl('native') == 'native'
+  assert builders.decoder_impl('patches') == 'patches'
+  monkeypatch.setattr(builders, 'platform', lambda: 'gpu')
+  assert builders.decoder_impl('auto') == 'native'
+  assert builders.conv_impl('auto') == 'patches'  # the trunk's choice is its own

@@ -65,7 +65,8 @@ class ResNetAugmenter(ImageAugmenter):
   noise_std: float = 0.1
   mean: tuple[float, float, float] = resnet.IMAGENET_MEAN
   std: tuple[float, float, float] = resnet.IMAGENET_STD
-  conv_impl: str = 'patches'
+  conv_impl: str = 'patches'  # the trunk's convolutions
+  decoder_impl: str = 'patches'  # the decoder's transposed convolutions (sub-pixel or native)
   config_overrides: tuple = ()  # (key, value) pairs for a random-init trunk (tests)
 
   def init(self, key: jax.Array, image_shape: tuple[int, int, int]) -> Params:
@@ -96,7 +97,7 @@ class ResNetAugmenter(ImageAugmenter):
 
     def one_copy(key):
       noisy = z + self.noise_std * jax.random.normal(key, z.shape, z.dtype)
-      out = Decoder(impl=self.conv_impl).apply({'params': params['decoder']}, noisy)
+      out = Decoder(impl=self.decoder_impl).apply({'params': params['decoder']}, noisy)
       if out.shape[1:3] != size:
         out = jax.image.resize(out, (out.shape[0], *size, 3), 'linear', antialias=True)
       return out

@@ -72,7 +72,7 @@ def _resnet50(a: ConfigDict, n_way: int) -> Augmenter:
   mean, std = resnet.normalisation(a.weights)
   return ResNetAugmenter(resnet.architecture(a.weights), weights=a.weights, factor=a.factor,
                          frozen=a.frozen, noise_std=a.noise_std, mean=mean, std=std,
-                         conv_impl=conv_impl(a.conv_impl))
+                         conv_impl=conv_impl(a.conv_impl), decoder_impl=decoder_impl(a.conv_impl))
 
 
 def _diffusion(a: ConfigDict, n_way: int) -> Augmenter:
@@ -247,6 +247,15 @@ def conv_impl(value: str) -> str:
   return 'native' if platform() == 'tpu' else 'patches'
 
 
+def decoder_impl(value: str) -> str:
+  """The ResNet augmenter decoder's transposed convolutions for `augmenter.conv_impl`:
+  'auto' is the sub-pixel form ('patches') on CPU, where it is 9x faster than
+  native, and native on accelerators, where it has not been measured yet."""
+  if value != 'auto':
+    return value
+  return 'patches' if platform() == 'cpu' else 'native'
+
+
 def task_chunk(config: ConfigDict) -> int:
   """`task_chunk` with 'auto' resolved: 1 on CPU, 0 (one vmap) elsewhere."""
   if config.task_chunk != 'auto':
@@ -259,6 +268,7 @@ def resolved_layout(config: ConfigDict) -> dict[str, Any]:
   return {'platform': platform(),
           'classifier.conv_impl': conv_impl(config.classifier.conv_impl),
           'augmenter.conv_impl': conv_impl(config.augmenter.conv_impl),
+          'augmenter.decoder_impl': decoder_impl(config.augmenter.conv_impl),
           'task_chunk': task_chunk(config),
           'matmul_precision': config.matmul_precision}
 

@@ -120,7 +120,8 @@ def base_config() -> ml_collections.ConfigDict:
   # Convolutions of the ResNet augmenter: 'patches', 'native' or 'auto' (as
   # classifier.conv_impl). 'patches' is patches + matmul in the trunk and the
   # sub-pixel form of the decoder's stride-2 transposed convolutions (9x
-  # faster than native on CPU; not yet measured on GPU: BUILD_NOTES.md).
+  # faster than native on CPU). 'auto' keeps the decoder native on
+  # accelerators, where the sub-pixel form is not measured yet (BUILD_NOTES.md).
   c.augmenter.conv_impl = 'auto'
   # diffusion (Sections 3.3, 4.7): soft-prompted frozen Stable Diffusion 1.x.
   # A local pipeline directory (unet/, vae/, text_encoder/, tokenizer/,

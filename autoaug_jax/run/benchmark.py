@@ -52,7 +52,8 @@ def layout(config) -> dict:
   resolved = builders.resolved_layout(config)
   return {'conv_impl': resolved['classifier.conv_impl'],
           'conv_impl_config': config.classifier.conv_impl,
-          **({'augmenter_conv_impl': resolved['augmenter.conv_impl']}
+          **({'augmenter_conv_impl': resolved['augmenter.conv_impl'],
+              'augmenter_decoder_impl': resolved['augmenter.decoder_impl']}
              if config.augmenter.name == 'resnet50' else {}),
           'task_chunk': resolved['task_chunk'],
           'matmul_precision': resolved['matmul_precision']}

@@ -150,7 +150,8 @@ def _layout_line(config) -> str:
   layout = builders.resolved_layout(config)
   conv = f'classifier conv_impl {layout["classifier.conv_impl"]}'
   if config.augmenter.name == 'resnet50':
-    conv += f', augmenter conv_impl {layout["augmenter.conv_impl"]}'
+    conv += (f', augmenter conv_impl {layout["augmenter.conv_impl"]} (decoder '
+             f'{layout["augmenter.decoder_impl"]})')
   return (f'{conv}; task_chunk {layout["task_chunk"]}; matmul_precision '
           f'{layout["matmul_precision"]} ({layout["platform"]})')
 

@@ -13,7 +13,8 @@ through the device tool.) In this order, within --budget seconds of wall time:
    B = 4) at 32, 64 and 128 px with the classifier's convolutions as patches
    and as XLA's native ones, all tasks in one vmap and one task at a time
    (task_chunk=1), plus XLA's FLOP count of each vmapped program; the
-   ResNet-50 augmenter at 128 px (configs/resnet_augmenter.py, random trunk);
+   ResNet-50 augmenter at 128 px (configs/resnet_augmenter.py, random trunk;
+   its decoder native and sub-pixel);
    the SD-1.5 diffusion meta-step at 512 px (configs/diffusion.py, the longest
    compile). Alongside them the gradient-correctness tests
    (tests/test_meta_gradient.py -m 'not slow': finite differences, scan vs

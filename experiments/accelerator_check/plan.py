@@ -97,6 +97,14 @@ def meta_runs(shapes: Shapes) -> list[dict]:
   return runs
 
 
+def resnet_runs(shapes: Shapes) -> list[tuple[str, dict]]:
+  """The ResNet-50 augmenter as 'auto' lays it out (on an accelerator: patches trunk,
+  native decoder), then with the sub-pixel decoder that CPUs get, to decide 'auto'."""
+  return [('resnet50 augmenter', shapes.resnet),
+          ('resnet50 augmenter sub-pixel decoder',
+           {**shapes.resnet, 'augmenter.conv_impl': 'patches'})]
+
+
 class Plan:
   """Builds the check's jobs from the arguments and runs the phases."""
 
@@ -196,9 +204,10 @@ class Plan:
             'config': 'configs/default.py', 'overrides': run['overrides'], 'mode': 'compile',
             'flops': run['flops'], 'run': run['name']}, 400, 20))
     if self.want('resnet'):
-      queue.append(self.worker('compile resnet50 augmenter', 'resnet', 'meta', {
-          'config': 'configs/resnet_augmenter.py', 'overrides': s.resnet, 'mode': 'compile',
-          'flops': True}, 600, 30, self.hf_flax))
+      for name, overrides in resnet_runs(s):
+        queue.append(self.worker(f'compile {name}', 'resnet', 'meta', {
+            'config': 'configs/resnet_augmenter.py', 'overrides': overrides, 'mode': 'compile',
+            'flops': True}, 600, 30, self.hf_flax))
     queue.sort(key=lambda j: -j.spec['overrides'].get('image_size', 128))
     return queue
 
@@ -260,15 +269,14 @@ class Plan:
             # Serial: each run compiles itself (three compiles where it counts FLOPs).
             150 * len(mine) if self.serial else 300, s.est_meta_process + s.est_meta_run))
     if self.want('resnet'):
-      name = 'compile resnet50 augmenter'
       r.run(self.worker('time resnet50 augmenter', 'resnet', 'meta', {
           'config': 'configs/resnet_augmenter.py', 'mode': 'time',
           'steps': max(3, s.steps // 2), 'warmup': 1, 'runs': [{
-              'name': 'resnet50 augmenter', 'overrides': s.resnet,
-              'flops_per_meta_step': _result(compiled, name, 'flops_per_meta_step'),
-              'compile_s': _result(compiled, name, 'compile_s'),
-              'count_flops': bool(self.serial)}]},
-          300, s.est_resnet, self.hf_flax))
+              'name': name, 'overrides': overrides,
+              'flops_per_meta_step': _result(compiled, f'compile {name}', 'flops_per_meta_step'),
+              'compile_s': _result(compiled, f'compile {name}', 'compile_s'),
+              'count_flops': bool(self.serial)} for name, overrides in resnet_runs(s)]},
+          300 * len(resnet_runs(s)), s.est_resnet * len(resnet_runs(s)), self.hf_flax))
     if self.want('diffusion'):
       run = self.worker('diffusion run', 'diffusion', 'diffusion', self.diffusion_spec('run'),
                         600, s.est_diffusion * 0.6, self.hf_flax)
@@ -336,7 +344,8 @@ class Plan:
       reserve = 0.0
       if self.want('meta'):
         reserve += len(s.sizes) * s.est_meta_process + len(meta_runs(s)) * s.est_meta_run
-      reserve += (s.est_resnet * self.want('resnet') + s.est_diffusion * self.want('diffusion')
+      reserve += (s.est_resnet * len(resnet_runs(s)) * self.want('resnet')
+                  + s.est_diffusion * self.want('diffusion')
                   + s.est_torch * self.want('torch'))
       compiled = self.phase_a(r.deadline - reserve)
       self.phase_b(compiled)

@@ -61,7 +61,8 @@ def _meta_row(name: str, r: dict, record: dict) -> list[str]:
 def _resnet_row(r: dict, record: dict) -> list[str]:
   row = _meta_row(f'resnet50 {r.get("image_size")}px', r, record)
   row[0] = (f'ResNet-50 augmenter (frozen={r.get("augmenter_frozen")}, trunk '
-            f'conv_impl={r.get("augmenter_conv_impl")}), ConvNet classifier')
+            f'conv_impl={r.get("augmenter_conv_impl")}, decoder '
+            f'{r.get("augmenter_decoder_impl", "native")}), ConvNet classifier')
   return row
 
 
