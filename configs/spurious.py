@@ -14,8 +14,10 @@ gives no gain (experiments/training_length, experiments/spurious).
 This is the `s10` run of experiments/spurious at seed 0: configs/sweep_cpu.py
 (default.py's task, 32x32 glyphs, I = 20, B = 4) at the paper's 500
 meta-steps, the final checkpoint, the four baselines. On 2 CPU cores it takes
-about 25 minutes; its report reproduces experiments/spurious/s10/seed0
-(learned +3.20 pp [+0.96, +5.44]). Other seeds: --config.seed=1 or 2.
+about 25 minutes. It is the same config as experiments/spurious/s10/seed0
+(a test checks it), whose report gave learned +3.20 pp [+0.96, +5.44] on
+this repository's machine; runs repeat exactly on one machine, and another
+CPU rounds differently. Other seeds: --config.seed=1 or 2.
 
   python -m autoaug_jax.main --config=configs/spurious.py --workdir=runs/spurious
 """
