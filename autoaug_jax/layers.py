@@ -114,6 +114,9 @@ def conv_transpose(x: jax.Array, kernel: jax.Array, stride: int,
   """
   if impl not in ('patches', 'native'):
     raise ValueError(f"conv impl {impl!r}: choose 'patches' or 'native'.")
+  # One dtype, as nn.ConvTranspose promotes them (float64 inputs in gradient checks).
+  dtype = jnp.result_type(x, kernel)
+  x, kernel = x.astype(dtype), kernel.astype(dtype)
   if impl == 'native' or stride == 1:
     return jax.lax.conv_transpose(x, kernel, (stride, stride), 'SAME',
                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
