@@ -50,3 +50,14 @@ def t_interval(x: np.ndarray) -> tuple[float, float, float]:
 def pp(mid_lo_hi) -> str:
   mid, lo, hi = (100 * v for v in mid_lo_hi)
   return f'{mid:+.2f} pp [{lo:+.2f}, {hi:+.2f}]'
+
+
+def cli(main, here: str, out_name: str) -> None:
+  """A comparison script's command line: `[--root=ROOT]` (default: experiments/), then
+  main(root)'s markdown written to here/out_name and printed."""
+  import sys
+  args = [a for a in sys.argv[1:] if a.startswith('--root=')]
+  result = main(args[0].split('=', 1)[1] if args else os.path.dirname(here))
+  with open(os.path.join(here, out_name), 'w') as f:
+    f.write(result)
+  print(result)

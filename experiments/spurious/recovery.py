@@ -21,7 +21,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # experiments/, for study_results
-from study_results import per_task, pp, t_interval  # noqa: E402
+from study_results import cli, per_task, pp, t_interval  # noqa: E402
 
 METHODS = ('duplicate', 'fixed', 'random_convnet', 'learned')
 
@@ -59,8 +59,4 @@ def main(root: str) -> str:
 
 
 if __name__ == '__main__':
-  args = [a for a in sys.argv[1:] if a.startswith('--root=')]
-  result = main(args[0].split('=', 1)[1] if args else os.path.dirname(HERE))
-  with open(os.path.join(HERE, 'recovery.md'), 'w') as f:
-    f.write(result)
-  print(result)
+  cli(main, HERE, 'recovery.md')

@@ -24,7 +24,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # experiments/, for study_results
-from study_results import finished_seeds, per_task, pp, t_interval  # noqa: E402
+from study_results import cli, finished_seeds, per_task, pp, t_interval  # noqa: E402
 
 DESIGNS = (('synthetic_weight', 'own optimiser (lr 0.02)'),
            ('synthetic_weight_shared', "augmenter's optimiser (Adam 1e-3)"))
@@ -67,8 +67,4 @@ def main(root: str) -> str:
 
 
 if __name__ == '__main__':
-  args = [a for a in sys.argv[1:] if a.startswith('--root=')]
-  result = main(args[0].split('=', 1)[1] if args else os.path.dirname(HERE))
-  with open(os.path.join(HERE, 'comparison.md'), 'w') as f:
-    f.write(result)
-  print(result)
+  cli(main, HERE, 'comparison.md')
