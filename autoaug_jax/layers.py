@@ -13,6 +13,8 @@ slices and pads. The native form stays available for accelerators
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -65,6 +67,66 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: int = 0,
   return patches @ kernel.reshape(k * k * c, o)
 
 
+def _same_transpose_pads(k: int, s: int) -> tuple[int, int]:
+  """(front, back) padding of the s-dilated input in a 'SAME' `lax.conv_transpose`."""
+  pad_len = k + s - 2
+  pad_a = k - 1 if s > k - 1 else -(-pad_len // 2)  # jax's _conv_transpose_padding
+  return pad_a, pad_len - pad_a
+
+
+_NHWC = ('NHWC', 'HWIO', 'NHWC')
+
+
+def _correlate(x: jax.Array, kernel: jax.Array, pads: tuple[int, int]) -> jax.Array:
+  """Stride-1 correlation, x [n, H, W, C] with kernel [k, k, C, O], `pads` on both axes."""
+  return jax.lax.conv_general_dilated(x, kernel, (1, 1), [pads, pads], dimension_numbers=_NHWC)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def correlate_canonical(x: jax.Array, kernel: jax.Array, pads: tuple[int, int]) -> jax.Array:
+  """`_correlate` whose two gradients are again NHWC x HWIO convolutions.
+
+  Autodiff of a convolution gives transposed dimension numbers (the kernel as
+  OI, the weight gradient contracting batch and space). XLA:CPU rewrites those
+  into its fast layout in the entry computation, but inside the meta-step's
+  `lax.map` over tasks (a while loop) it left them as they were and emitted a
+  naive loop: 55 s for one 7x7 weight gradient at 128 px, against 0.26 s for
+  the same contraction written here (BUILD_NOTES.md).
+
+  Reverse mode, also nested and under vmap; no forward mode (a custom VJP:
+  JAX's `linear_call`, which would allow both, has no batching rule). The
+  decoder that uses it is differentiated once, in reverse.
+
+  Args:
+    x: [n, H, W, C].
+    kernel: [k, k, C, O].
+    pads: (front, back) zero padding, the same on both spatial axes.
+
+  Returns:
+    [n, H + front + back - k + 1, ..., O].
+  """
+  return _correlate(x, kernel, pads)
+
+
+def _correlate_fwd(x, kernel, pads):
+  return _correlate(x, kernel, pads), (x, kernel)
+
+
+def _correlate_bwd(pads, residuals, g):
+  x, kernel = residuals
+  k = kernel.shape[0]
+  lo, hi = pads
+  # dx: g against the flipped kernel with in/out swapped, padded to give back H rows.
+  dx = _correlate(g, kernel[::-1, ::-1].transpose(0, 1, 3, 2), (k - 1 - lo, k - 1 - hi))
+  # dkernel[a, b, c, o] = sum_{n,h,w} xpad[n, h + a, w + b, c] g[n, h, w, o]: channels as
+  # the batch, images as the contracted features, g as a [H', W', n, O] kernel.
+  dkernel = _correlate(x.transpose(3, 1, 2, 0), g.transpose(1, 2, 0, 3), pads)
+  return dx, dkernel.transpose(1, 2, 0, 3)
+
+
+correlate_canonical.defvjp(_correlate_fwd, _correlate_bwd)
+
+
 def _same_transpose_taps(k: int, s: int) -> tuple[list[list[tuple[int, int]]], int, int]:
   """Which kernel taps feed which output phase of a 'SAME' transposed convolution.
 
@@ -77,8 +139,7 @@ def _same_transpose_taps(k: int, s: int) -> tuple[list[list[tuple[int, int]]], i
   Returns:
     taps[r]: (j, d) pairs of phase r; d_min, d_max over every phase.
   """
-  pad_len = k + s - 2
-  pad_a = k - 1 if s > k - 1 else -(-pad_len // 2)  # jax's _conv_transpose_padding
+  pad_a, _ = _same_transpose_pads(k, s)
   taps = [[(j, (j - pad_a + r) // s) for j in range(k) if (j - pad_a + r) % s == 0]
           for r in range(s)]
   ds = [d for phase in taps for _, d in phase]
@@ -101,7 +162,8 @@ def conv_transpose(x: jax.Array, kernel: jax.Array, stride: int,
   is an ordinary convolution, which XLA:CPU runs well when its weights are
   shared (here, unlike the classifier's per-task weights under vmap): 5-7x
   faster than patches for the decoder's 7x7 layers at 128 px, and without a
-  7x patch matrix, so both impls use it.
+  7x patch matrix. 'patches' runs it as `correlate_canonical`, whose
+  gradients keep XLA:CPU's fast layout inside loops over tasks.
 
   Args:
     x: [n, H, W, C].
@@ -117,9 +179,11 @@ def conv_transpose(x: jax.Array, kernel: jax.Array, stride: int,
   # One dtype, as nn.ConvTranspose promotes them (float64 inputs in gradient checks).
   dtype = jnp.result_type(x, kernel)
   x, kernel = x.astype(dtype), kernel.astype(dtype)
-  if impl == 'native' or stride == 1:
+  if impl == 'native':
     return jax.lax.conv_transpose(x, kernel, (stride, stride), 'SAME',
-                                  dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+                                  dimension_numbers=_NHWC)
+  if stride == 1:  # lax.conv_transpose at stride 1: a correlation with the kernel as stored
+    return correlate_canonical(x, kernel, _same_transpose_pads(kernel.shape[0], 1))
   k, _, c, o = kernel.shape
   s = stride
   n, h, w, _ = x.shape

@@ -9,10 +9,10 @@ import pytest
 from autoaug_jax import layers
 from autoaug_jax.augmenters import resnet as resnet_augmenter
 
-# The decoder's stride-2 (kernel, stride) pairs, then shapes that exercise the
-# tap arithmetic elsewhere: even kernels, stride 3, stride above the kernel.
-# (Stride 1 is an ordinary convolution, native in both impls.)
-PAIRS = [(3, 2), (5, 2), (4, 2), (5, 3), (6, 3), (2, 2), (1, 2)]
+# The decoder's (kernel, stride) pairs, then shapes that exercise the tap
+# arithmetic elsewhere: even kernels (uneven padding), stride 3, stride above
+# the kernel. Stride 1 is the canonical-gradient correlation.
+PAIRS = [(3, 2), (5, 2), (7, 1), (4, 2), (5, 3), (6, 3), (2, 2), (1, 2), (4, 1), (1, 1)]
 
 
 def _weighted_sum(y):
@@ -68,3 +68,49 @@ def test_resnet_decoder_patches_equals_native():
   for a, b in zip(jax.tree.leaves(grad(patches)(params, z)),
                   jax.tree.leaves(grad(native)(params, z)), strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.abs(b).max()))
+
+
+def test_stride_one_gradients_stay_canonical_inside_a_loop():
+  """The 7x7 stride-1 layers under lax.map over tasks, as in the meta-step: every
+  convolution XLA:CPU compiles is NHWC x HWIO -> NHWC, the layout it runs on its
+  fast path (autodiff's own transposes were left as naive loops there, 200x slower)."""
+  kernel = jax.random.normal(jax.random.key(0), (7, 7, 4, 3))
+  xs = jax.random.normal(jax.random.key(1), (2, 3, 8, 8, 4))
+
+  def loss(kernel, impl):
+    def one(x):
+      return _weighted_sum(layers.conv_transpose(x, kernel, 1, impl))
+    return jax.lax.map(one, xs).sum()
+
+  hlo = {impl: jax.jit(jax.grad(loss), static_argnums=1).lower(kernel, impl).compile().as_text()
+         for impl in ('patches', 'native')}
+  labels = {impl: [line.split('dim_labels=')[1].split(',')[0]
+                   for line in text.splitlines() if ' convolution(' in line]
+            for impl, text in hlo.items()}
+  assert labels['patches'] and set(labels['patches']) == {'b01f_01io->b01f'}, labels
+  # The check can fail: the plain autodiff path compiles to other layouts here.
+  assert set(labels['native']) != {'b01f_01io->b01f'}, labels
+  np.testing.assert_allclose(jax.grad(loss)(kernel, 'patches'), jax.grad(loss)(kernel, 'native'),
+                             rtol=1e-4, atol=1e-4)
+
+
+def test_stride_one_nested_and_batched_gradients():
+  """The custom VJP under what callers may do with it: reverse over reverse, vmap
+  over images (shared kernel) and over kernels; forward mode refused by JAX."""
+  with jax.enable_x64(True):
+    x = jax.random.normal(jax.random.key(0), (2, 6, 5, 3), jnp.float64)
+    kernel = jax.random.normal(jax.random.key(1), (4, 4, 3, 2), jnp.float64)
+    f = {impl: lambda x, k, impl=impl: _weighted_sum(layers.conv_transpose(x, k, 1, impl) ** 2)
+         for impl in ('patches', 'native')}
+    checks = {
+        'second order': lambda f: jax.grad(lambda x, k: jax.grad(f, 1)(x, k).sum(), 0)(x, kernel),
+        'vmap over images': lambda f: jax.grad(
+            lambda k: jax.vmap(lambda xx: f(xx, k))(jnp.stack([x, 2 * x])).sum())(kernel),
+        'vmap over kernels': lambda f: jax.grad(
+            lambda ks: jax.vmap(lambda k: f(x, k))(ks).sum())(jnp.stack([kernel, -kernel])),
+    }
+    for name, check in checks.items():
+      np.testing.assert_allclose(check(f['patches']), check(f['native']), rtol=1e-10,
+                                 atol=1e-10, err_msg=name)
+    with pytest.raises(TypeError, match='forward-mode'):
+      jax.jvp(f['patches'], (x, kernel), (x, kernel))

@@ -92,6 +92,11 @@ def test_augmenter_gradient_matches_finite_differences(tiny_config, weights):
 def test_meta_gradient_reaches_trunk_and_decoder_consistently(tiny_config, tiny_splits, weights):
   """Reverse mode (what training uses) equals forward mode along random directions.
 
+  Reverse mode runs the CPU layers (the decoder's sub-pixel and
+  canonical-gradient convolutions, reverse mode only); forward mode the native
+  ones (`augmenter.conv_impl='native'`): the same function, so this also checks
+  the custom layers' gradients inside the meta-step.
+
   Central differences of the meta-loss itself are not a usable reference here:
   the inner SGD steps use the gradients of ReLUs and max-pools, which jump
   where an activation changes sign or a pooling window changes its maximum, so
@@ -105,11 +110,16 @@ def test_meta_gradient_reaches_trunk_and_decoder_consistently(tiny_config, tiny_
   config = resnet_config(tiny_config, weights, False)
   with config.unlocked():
     config.meta_batch_size = 1
+  native = resnet_config(config.copy_and_resolve_references(), weights, False)
+  with native.unlocked():
+    native.augmenter.conv_impl = 'native'
   with jax.enable_x64(True):
-    meta_loss, params, _ = meta_problem(config, tiny_splits['train'])
+    meta_loss, params, run = meta_problem(config, tiny_splits['train'])
+    assert run.objective.augmenter.decoder_impl == 'patches'
+    native_loss, _, _ = meta_problem(native, tiny_splits['train'])
     grads = jax.jit(jax.grad(meta_loss))(params)
     rs = np.random.default_rng(1)
-    forward_mode = jax.jit(lambda p, d: jax.jvp(meta_loss, (p,), (d,)))  # one compile
+    forward_mode = jax.jit(lambda p, d: jax.jvp(native_loss, (p,), (d,)))  # one compile
     for part in ('decoder', 'trunk'):
       direction = _direction(params, part, rs)
       _, tangent = forward_mode(params, direction)
