@@ -19,6 +19,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+_NHWC = ('NHWC', 'HWIO', 'NHWC')
+
 
 def patches_3x3(x: jax.Array) -> jax.Array:
   """3x3 neighbourhoods with zero padding.
@@ -53,7 +55,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: int = 0,
   k, _, c, o = kernel.shape
   if impl == 'native':
     return jax.lax.conv_general_dilated(x, kernel, (stride, stride), [(padding, padding)] * 2,
-                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+                                        dimension_numbers=_NHWC)
   if impl != 'patches':
     raise ValueError(f"conv impl {impl!r}: choose 'patches' or 'native'.")
   if k == 1 and padding == 0:
@@ -72,9 +74,6 @@ def _same_transpose_pads(k: int, s: int) -> tuple[int, int]:
   pad_len = k + s - 2
   pad_a = k - 1 if s > k - 1 else -(-pad_len // 2)  # jax's _conv_transpose_padding
   return pad_a, pad_len - pad_a
-
-
-_NHWC = ('NHWC', 'HWIO', 'NHWC')
 
 
 def _correlate(x: jax.Array, kernel: jax.Array, pads: tuple[int, int]) -> jax.Array:
@@ -244,7 +243,7 @@ class Conv3x3(nn.Module):
     bias = self.param('bias', nn.initializers.zeros, (self.features,))
     if self.impl == 'native':
       y = jax.lax.conv_general_dilated(x, kernel, (1, 1), 'SAME',
-                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+                                       dimension_numbers=_NHWC)
     elif self.impl == 'patches':
       y = patches_3x3(x) @ kernel.reshape(9 * c, self.features)
     else:
