@@ -9,6 +9,12 @@ axis followed by one matmul becomes a batched matmul under `vmap`, and its
 second derivatives (needed for the exact meta-gradient) are again matmuls,
 slices and pads. The native form stays available for accelerators
 (`classifier.conv_impl='native'`).
+
+With one task at a time per device (`task_chunk=1`, the CPU layout) the
+weights carry no task axis, and native convolutions are ordinary again; what
+then slows XLA:CPU is autodiff's transposed convolutions inside loops.
+`correlate_canonical` writes every gradient, to any order, as a convolution in
+the forward's layout: the classifier's CPU default ('native_vjp').
 """
 
 from __future__ import annotations
@@ -20,6 +26,10 @@ import jax
 import jax.numpy as jnp
 
 _NHWC = ('NHWC', 'HWIO', 'NHWC')
+# Up to this many channels on the image side, a 3x3 layer's forward and data
+# gradient run as a patch matmul: XLA:CPU's native convolution with 3 input
+# channels was 4x slower than patches + matmul at 64 px (BUILD_NOTES.md).
+_FEW_CHANNELS = 4
 
 
 def patches_3x3(x: jax.Array) -> jax.Array:
@@ -81,20 +91,40 @@ def _correlate(x: jax.Array, kernel: jax.Array, pads: tuple[int, int]) -> jax.Ar
   return jax.lax.conv_general_dilated(x, kernel, (1, 1), [pads, pads], dimension_numbers=_NHWC)
 
 
+def _flipped_pads(k: int, pads: tuple[int, int]) -> tuple[int, int]:
+  """Padding of the data gradient's correlation: g padded back out to the input's size."""
+  return k - 1 - pads[0], k - 1 - pads[1]
+
+
+def _patch_matmul(kernel: jax.Array, pads: tuple[int, int]) -> bool:
+  """Whether a layer's forward and data gradient take the patch-matmul path: a 3x3
+  'SAME' layer with few input channels (kernel [3, 3, C, O])."""
+  return kernel.shape[:2] == (3, 3) and tuple(pads) == (1, 1) and kernel.shape[2] <= _FEW_CHANNELS
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def correlate_canonical(x: jax.Array, kernel: jax.Array, pads: tuple[int, int]) -> jax.Array:
-  """`_correlate` whose two gradients are again NHWC x HWIO convolutions.
+  """A stride-1 correlation whose gradients, of every order, are NHWC x HWIO convolutions.
 
   Autodiff of a convolution gives transposed dimension numbers (the kernel as
   OI, the weight gradient contracting batch and space). XLA:CPU rewrites those
-  into its fast layout in the entry computation, but inside the meta-step's
-  `lax.map` over tasks (a while loop) it left them as they were and emitted a
-  naive loop: 55 s for one 7x7 weight gradient at 128 px, against 0.26 s for
-  the same contraction written here (BUILD_NOTES.md).
+  into its fast layout in the entry computation, but inside a loop (the
+  meta-step's `lax.map` over tasks, the inner loop's `scan`) it left them as
+  they were and emitted naive loops: 55 s for one 7x7 weight gradient at
+  128 px, against 0.26 s for the same contraction written here.
+
+  The forward y = x * K, its data gradient dx = g * flip(K)^T and its weight
+  gradient dK = x^T * g^T are one closed set: each is bilinear, and the VJP of
+  each is two of the three (<g, y(x, K)> = <dx(g, K), x> = <dK(x, g), K>). So
+  the inner loop's gradient and the meta-gradient through it (second order)
+  stay in this form. A layer with few image-side channels (the classifier's
+  RGB input) runs its forward and data gradient as a patch matmul instead.
 
   Reverse mode, also nested and under vmap; no forward mode (a custom VJP:
-  JAX's `linear_call`, which would allow both, has no batching rule). The
-  decoder that uses it is differentiated once, in reverse.
+  JAX's `linear_call`, which would allow both, has no batching rule). Under
+  vmap with a batched kernel (per-task weights) the convolutions become
+  grouped, which XLA:CPU runs slowly: the classifier uses it with one task at
+  a time per device (`task_chunk=1`).
 
   Args:
     x: [n, H, W, C].
@@ -104,26 +134,54 @@ def correlate_canonical(x: jax.Array, kernel: jax.Array, pads: tuple[int, int]) 
   Returns:
     [n, H + front + back - k + 1, ..., O].
   """
+  if _patch_matmul(kernel, pads):
+    return patches_3x3(x) @ kernel.reshape(-1, kernel.shape[-1])
   return _correlate(x, kernel, pads)
 
 
-def _correlate_fwd(x, kernel, pads):
-  return _correlate(x, kernel, pads), (x, kernel)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _correlate_dx(g: jax.Array, kernel: jax.Array, pads: tuple[int, int]) -> jax.Array:
+  """The data gradient of `correlate_canonical`: g [n, H', W', O] -> [n, H, W, C]."""
+  k, _, c, _ = kernel.shape
+  if _patch_matmul(kernel, pads):
+    n, h, w, _ = g.shape
+    cols = g @ kernel.reshape(k * k * c, -1).T  # [n, H, W, 9 C]
+    return jax.linear_transpose(patches_3x3, jax.ShapeDtypeStruct((n, h, w, c), g.dtype))(
+        cols)[0]
+  # g against the flipped kernel with in/out swapped, padded to give back H rows.
+  return _correlate(g, kernel[::-1, ::-1].transpose(0, 1, 3, 2), _flipped_pads(k, pads))
 
 
-def _correlate_bwd(pads, residuals, g):
-  x, kernel = residuals
-  k = kernel.shape[0]
-  lo, hi = pads
-  # dx: g against the flipped kernel with in/out swapped, padded to give back H rows.
-  dx = _correlate(g, kernel[::-1, ::-1].transpose(0, 1, 3, 2), (k - 1 - lo, k - 1 - hi))
-  # dkernel[a, b, c, o] = sum_{n,h,w} xpad[n, h + a, w + b, c] g[n, h, w, o]: channels as
-  # the batch, images as the contracted features, g as a [H', W', n, O] kernel.
-  dkernel = _correlate(x.transpose(3, 1, 2, 0), g.transpose(1, 2, 0, 3), pads)
-  return dx, dkernel.transpose(1, 2, 0, 3)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _correlate_dkernel(x: jax.Array, g: jax.Array, pads: tuple[int, int]) -> jax.Array:
+  """The weight gradient of `correlate_canonical`: x [n, H, W, C], g [n, H', W', O] -> [k, k, C, O].
+
+  dK[a, b, c, o] = sum_{n,h,w} xpad[n, h + a, w + b, c] g[n, h, w, o]: channels as
+  the batch, images as the contracted features, g as a [H', W', n, O] kernel.
+  A 3x3 'SAME' layer with more channels computes it as one matmul per tap
+  instead: XLA:CPU's convolution with an image-sized window was up to 2x
+  slower there (18 -> 36 channels at 64 x 64: 156 vs 83 ms, BUILD_NOTES.md).
+  """
+  k = x.shape[1] + pads[0] + pads[1] - g.shape[1] + 1
+  if k == 3 and tuple(pads) == (1, 1) and x.shape[-1] > _FEW_CHANNELS:
+    _, h, w, _ = g.shape
+    xp = jnp.pad(x, ((0, 0), pads, pads, (0, 0)))
+    taps = [jnp.einsum('nhwc,nhwo->co', xp[:, a:a + h, b:b + w], g)
+            for a in range(3) for b in range(3)]
+    return jnp.stack(taps).reshape(3, 3, *taps[0].shape)
+  return _correlate(x.transpose(3, 1, 2, 0), g.transpose(1, 2, 0, 3), pads).transpose(1, 2, 0, 3)
 
 
-correlate_canonical.defvjp(_correlate_fwd, _correlate_bwd)
+correlate_canonical.defvjp(
+    lambda x, kernel, pads: (correlate_canonical(x, kernel, pads), (x, kernel)),
+    lambda pads, res, g: (_correlate_dx(g, res[1], pads), _correlate_dkernel(res[0], g, pads)))
+_correlate_dx.defvjp(
+    lambda g, kernel, pads: (_correlate_dx(g, kernel, pads), (g, kernel)),
+    lambda pads, res, v: (correlate_canonical(v, res[1], pads),
+                          _correlate_dkernel(v, res[0], pads)))
+_correlate_dkernel.defvjp(
+    lambda x, g, pads: (_correlate_dkernel(x, g, pads), (x, g)),
+    lambda pads, res, u: (_correlate_dx(res[1], u, pads), correlate_canonical(res[0], u, pads)))
 
 
 def _same_transpose_taps(k: int, s: int) -> tuple[list[list[tuple[int, int]]], int, int]:
@@ -234,7 +292,9 @@ class Conv3x3(nn.Module):
   'bias' [O]), so both implementations share checkpoints.
   """
   features: int
-  impl: str = 'patches'  # 'patches' (matmul) or 'native' (lax.conv)
+  # 'patches' (matmul), 'native' (lax.conv) or 'native_vjp' (`correlate_canonical`:
+  # lax.conv whose gradients of every order keep XLA:CPU's fast layout).
+  impl: str = 'patches'
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -244,10 +304,12 @@ class Conv3x3(nn.Module):
     if self.impl == 'native':
       y = jax.lax.conv_general_dilated(x, kernel, (1, 1), 'SAME',
                                        dimension_numbers=_NHWC)
+    elif self.impl == 'native_vjp':
+      y = correlate_canonical(x, kernel, (1, 1))
     elif self.impl == 'patches':
       y = patches_3x3(x) @ kernel.reshape(9 * c, self.features)
     else:
-      raise ValueError(f"conv impl {self.impl!r}: choose 'patches' or 'native'.")
+      raise ValueError(f"conv impl {self.impl!r}: choose 'patches', 'native' or 'native_vjp'.")
     return y + bias
 
 

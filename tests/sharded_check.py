@@ -45,7 +45,9 @@ def main():
   config.task_chunk = 1
   c4, cm4, _, _, _ = run(sharding.make_mesh(4), config, split)
   config.task_chunk = 0
-  c1, cm1, _, _, _ = run(sharding.make_mesh(1), config, split)
+  # As 'auto' picks for task_chunk 1 above, here under one vmap over tasks.
+  config.classifier.conv_impl = 'native_vjp'
+  c1, cm1, _, hlo_vmap, _ = run(sharding.make_mesh(1), config, split)
   p4, p1 = jax.device_get(s4.params), jax.device_get(s1.params)
   diff = max(float(np.abs(a - b).max()) for a, b in
              zip(jax.tree.leaves(p4), jax.tree.leaves(p1), strict=True))
@@ -62,7 +64,14 @@ def main():
       'eval_len': int(a4.shape[0]),
       'devices_holding_params': [n4, n1],
       'all_reduce_in_4_device_program': 'all-reduce' in hlo4,
+      'classifier_conv_impl': builders.classifier_conv_impl(load_config('tiny')),
+      'grouped_convolutions': [_grouped_convolutions(hlo4), _grouped_convolutions(hlo_vmap)],
   }))
+
+
+def _grouped_convolutions(hlo: str) -> int:
+  """Convolutions with a group count: what a vmap over per-task weights makes of them."""
+  return sum(' convolution(' in line and '_group_count=' in line for line in hlo.splitlines())
 
 
 if __name__ == '__main__':

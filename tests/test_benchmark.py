@@ -50,7 +50,7 @@ def test_benchmark_result(tiny_config):
   assert result['jax_version'] == jax.__version__
   assert result['jaxlib_version'] == jaxlib.__version__
   # 'auto' resolved for the CPU (builders.conv_impl, builders.task_chunk); the raw value kept.
-  assert result['conv_impl_config'] == 'auto' and result['conv_impl'] == 'patches'
+  assert result['conv_impl_config'] == 'auto' and result['conv_impl'] == 'native_vjp'
   assert result['task_chunk'] == 1 and result['matmul_precision'] == 'highest'
   assert 'augmenter_conv_impl' not in result  # the ConvNet augmenter has no conv_impl
   # No datasheet peak for a CPU: no MFU, and the reason in its place.

@@ -5,6 +5,7 @@ import pathlib
 import pytest
 from conftest import REPO, load_config
 
+from autoaug_jax.config import builders
 from autoaug_jax.config.validation import validate
 from autoaug_jax.errors import ConfigError
 
@@ -91,3 +92,29 @@ def test_bad_values_get_one_line_naming_key_and_fix(key, value, message):
   with pytest.raises(ConfigError, match=message) as e:
     validate(config)
   assert '\n' not in str(e.value)
+
+
+def test_conv_impl_choices_and_what_auto_resolves_to(monkeypatch):
+  config = load_config('tiny')
+  config.classifier.conv_impl = 'native_vjp'
+  validate(config)  # the convnet's
+  config.augmenter.conv_impl = 'native_vjp'
+  with pytest.raises(ConfigError, match=r"augmenter.conv_impl='native_vjp': choose 'auto', "):
+    validate(config)
+  config = load_config('tiny')
+  config.classifier.name, config.classifier.conv_impl = 'resnet50', 'native_vjp'
+  with pytest.raises(ConfigError, match=r"'native_vjp' is the convnet classifier's; for "
+                                        r"classifier.name='resnet50' choose"):
+    validate(config)
+  config = load_config('tiny')
+  monkeypatch.setattr(builders, 'platform', lambda: 'cpu')
+  assert builders.classifier_conv_impl(config) == 'native_vjp'  # task_chunk 'auto': 1
+  config.task_chunk = 0  # one vmap over tasks: its convolutions would be grouped
+  assert builders.classifier_conv_impl(config) == 'patches'
+  config.task_chunk, config.classifier.name = 1, 'resnet50'
+  assert builders.classifier_conv_impl(config) == 'patches'
+  config.classifier.name = 'convnet'
+  monkeypatch.setattr(builders, 'platform', lambda: 'gpu')
+  assert builders.classifier_conv_impl(config) == 'patches'
+  monkeypatch.setattr(builders, 'platform', lambda: 'tpu')
+  assert builders.classifier_conv_impl(config) == 'native'

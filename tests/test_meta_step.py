@@ -97,3 +97,10 @@ def test_four_device_mesh_equals_single_device():
   assert result['eval_len'] == 6 and result['eval_acc_equal']
   assert result['chunked_param_max_abs_diff'] <= 1e-6 * max(1.0, result['param_max_abs'])
   np.testing.assert_allclose(*result['chunked_meta_loss'], rtol=1e-6)
+  # The CPU default: native convolutions, one task at a time per device. Each
+  # device's program (shard_map) has no device axis, so the classifier's
+  # per-task weights leave its convolutions ungrouped; one vmap over tasks does
+  # not (the check can fail).
+  assert result['classifier_conv_impl'] == 'native_vjp'
+  grouped_sharded, grouped_vmap = result['grouped_convolutions']
+  assert grouped_sharded == 0 < grouped_vmap

@@ -135,21 +135,20 @@ def augmenter(config: ConfigDict, name: str = '') -> Augmenter:
   return build(config.augmenter, config.task.n_way)
 
 
-# Classifiers: (config.classifier, num_classes) -> Classifier.
+# Classifiers: (config.classifier, num_classes, resolved conv_impl) -> Classifier.
 
-def _convnet_classifier(c: ConfigDict, num_classes: int) -> Classifier:
+def _convnet_classifier(c: ConfigDict, num_classes: int, impl: str) -> Classifier:
   from autoaug_jax.classifiers.convnet import ConvNetClassifier
-  return ConvNetClassifier(num_classes, tuple(c.widths), c.hidden, conv_impl(c.conv_impl))
+  return ConvNetClassifier(num_classes, tuple(c.widths), c.hidden, impl)
 
 
-def _resnet50_classifier(c: ConfigDict, num_classes: int) -> Classifier:
+def _resnet50_classifier(c: ConfigDict, num_classes: int, impl: str) -> Classifier:
   from autoaug_jax.classifiers.resnet import ResNetClassifier
   from autoaug_jax.pretrained import resnet
   mean, std = resnet.normalisation(c.weights)
   return ResNetClassifier(num_classes, resnet.architecture(c.weights), weights=c.weights,
                           trainable_blocks=c.trainable_blocks, hidden=c.hidden,
-                          embed_once=c.embed_once, mean=mean, std=std,
-                          conv_impl=conv_impl(c.conv_impl))
+                          embed_once=c.embed_once, mean=mean, std=std, conv_impl=impl)
 
 
 CLASSIFIERS = {
@@ -161,7 +160,7 @@ CLASSIFIERS = {
 def classifier(config: ConfigDict) -> Classifier:
   """`config.classifier.name` for `config.task.n_way` classes."""
   build = lookup(CLASSIFIERS, 'classifier.name', config.classifier.name)
-  return build(config.classifier, config.task.n_way)
+  return build(config.classifier, config.task.n_way, classifier_conv_impl(config))
 
 
 # Datasets: (config.data, split, image_size) -> FewShotSplit.
@@ -247,6 +246,18 @@ def conv_impl(value: str) -> str:
   return 'native' if platform() == 'tpu' else 'patches'
 
 
+def classifier_conv_impl(config: ConfigDict) -> str:
+  """`classifier.conv_impl` resolved. 'auto' on CPU is 'native_vjp' for the convnet
+  with one task at a time per device (1.1-1.2x patches at 32-128 px; under a
+  vmap over tasks its convolutions would be grouped, which XLA:CPU runs
+  slowly), else as `conv_impl`."""
+  value = config.classifier.conv_impl
+  if (value == 'auto' and platform() == 'cpu' and config.classifier.name == 'convnet'
+      and task_chunk(config) == 1):
+    return 'native_vjp'
+  return conv_impl(value)
+
+
 def decoder_impl(value: str) -> str:
   """The ResNet augmenter decoder's transposed convolutions for `augmenter.conv_impl`:
   'auto' is the sub-pixel form ('patches') on CPU, where it is 9x faster than
@@ -266,7 +277,7 @@ def task_chunk(config: ConfigDict) -> int:
 def resolved_layout(config: ConfigDict) -> dict[str, Any]:
   """What the run actually uses for the platform-dependent keys (reports, benchmark)."""
   return {'platform': platform(),
-          'classifier.conv_impl': conv_impl(config.classifier.conv_impl),
+          'classifier.conv_impl': classifier_conv_impl(config),
           'augmenter.conv_impl': conv_impl(config.augmenter.conv_impl),
           'augmenter.decoder_impl': decoder_impl(config.augmenter.conv_impl),
           'task_chunk': task_chunk(config),

@@ -21,6 +21,8 @@ EVAL_METHODS = ('none', 'duplicate', 'fixed', 'random_convnet', 'learned', 'adap
 DEFAULT_EVAL_METHODS = ('none', 'duplicate', 'fixed', 'random_convnet', 'learned')
 # Convolution layouts; 'auto' picks one for the platform (`builders.conv_impl`).
 CONV_IMPLS = ('auto', 'patches', 'native')
+# The ConvNet classifier has one more (`layers.correlate_canonical`).
+CLASSIFIER_CONV_IMPLS = (*CONV_IMPLS, 'native_vjp')
 # How data.name=tfds divides a dataset's classes (data.tfds.class_split).
 CLASS_SPLITS = ('auto', 'proportions', 'all_test')
 # `matmul_precision` values: jax_default_matmul_precision's names for float32.
@@ -87,8 +89,11 @@ def base_config() -> ml_collections.ConfigDict:
   # resnet50: run the frozen bottom once per task outside the inner loop
   # (False: in every inner step, only to measure what that saves).
   c.classifier.embed_once = True
-  # 'patches' (3x3 patches + matmul), 'native' (lax.conv) or 'auto': patches
-  # on CPU and GPU (measured faster on both: BUILD_NOTES.md), native on TPU.
+  # 'patches' (3x3 patches + matmul), 'native' (lax.conv), 'native_vjp'
+  # (convnet only: lax.conv with hand-written gradients of every order in
+  # XLA:CPU's fast layout) or 'auto': native_vjp for the convnet on CPU with
+  # one task at a time per device (task_chunk 1), else patches on CPU and GPU,
+  # native on TPU (measured: BUILD_NOTES.md).
   c.classifier.conv_impl = 'auto'
 
   c.inner = ml_collections.ConfigDict()

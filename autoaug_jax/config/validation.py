@@ -20,7 +20,13 @@ import os
 import ml_collections
 
 from autoaug_jax.config import builders, schema
-from autoaug_jax.config.schema import CONV_IMPLS, EVAL_METHODS, MATMUL_PRECISIONS, base_config
+from autoaug_jax.config.schema import (
+    CLASSIFIER_CONV_IMPLS,
+    CONV_IMPLS,
+    EVAL_METHODS,
+    MATMUL_PRECISIONS,
+    base_config,
+)
 from autoaug_jax.errors import ConfigError
 
 
@@ -116,9 +122,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require(blocks <= num_blocks,
              f'classifier.trainable_blocks={blocks}, but the ResNet has {num_blocks} blocks; '
              f'choose 0..{num_blocks}.')
-  _require(config.classifier.conv_impl in CONV_IMPLS,
-           f"classifier.conv_impl={config.classifier.conv_impl!r}: choose 'auto', 'patches' or "
-           "'native'.")
+  _require(config.classifier.conv_impl in CLASSIFIER_CONV_IMPLS,
+           f"classifier.conv_impl={config.classifier.conv_impl!r}: choose 'auto', 'patches', "
+           "'native' or 'native_vjp'.")
+  _require(config.classifier.conv_impl != 'native_vjp' or config.classifier.name == 'convnet',
+           f"classifier.conv_impl='native_vjp' is the convnet classifier's; for "
+           f"classifier.name={config.classifier.name!r} choose 'auto', 'patches' or 'native'.")
   _require(config.outer.optimizer in ('adam', 'sgd'),
            f"outer.optimizer={config.outer.optimizer!r}: choose 'adam' or 'sgd'.")
   _require(isinstance(config.data.images_per_class, int) and config.data.images_per_class >= 0,

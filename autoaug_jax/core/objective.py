@@ -14,7 +14,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from autoaug_jax.augmenters.base import Augmenter
@@ -100,28 +100,42 @@ def batched_outcomes(aug_params: Params, split: DeviceSplit, stream_key: jax.Arr
                      mesh: Mesh, task_chunk: int = 0) -> tuple[jax.Array, dict]:
   """`task_outcome` for tasks `indices` [B] of a key stream, sharded over the mesh.
 
-  The B tasks are laid out as [devices, B / devices]; the first axis is
-  sharded over the mesh (one row per device) and vmapped, and each device
-  runs its row in chunks of `task_chunk` vmapped tasks, chunks one after
-  another (`lax.map`). `task_chunk=0` vmaps a device's whole row at once.
+  The B tasks are laid out as [devices, B / devices], one row per device
+  (`shard_map`), and each device runs its row in chunks of `task_chunk`
+  vmapped tasks, chunks one after another (`lax.map`). `task_chunk=0` vmaps a
+  device's whole row at once. A shard_map rather than a vmap over the rows:
+  each device's program then has no device axis, so `task_chunk=1` leaves
+  the classifier's weights unbatched and its native convolutions ungrouped
+  (a vmapped device axis made them grouped, which XLA:CPU runs as naive
+  loops and the SPMD partitioner did not split).
 
   Returns per-task losses [B] and metrics {name: [B]}.
   """
   devices = mesh.devices.size
   rows = indices.reshape(devices, -1)
-  rows = jax.lax.with_sharding_constraint(rows, NamedSharding(mesh, P(TASK_AXIS, None)))
   per_device = rows.shape[1]
   chunk = min(task_chunk or per_device, per_device)
 
-  def outcome(index):
-    return task_outcome(aug_params, split, rng.task_keys(stream_key, index), objective, consts)
+  def device_row(aug_params, split, stream_key, row, consts):
+    def outcome(index):
+      return task_outcome(aug_params, split, rng.task_keys(stream_key, index), objective,
+                          consts)
 
-  def device_row(row):
     if chunk == per_device:
       return jax.vmap(outcome)(row)
     return jax.lax.map(outcome, row, batch_size=chunk)
 
-  if devices == 1:  # a size-1 vmap would leave a batch dim on every matmul
-    return device_row(rows[0])
-  losses, metrics = jax.vmap(device_row)(rows)
-  return losses.reshape(-1), jax.tree.map(lambda x: x.reshape(-1), metrics)
+  if devices == 1:
+    return device_row(aug_params, split, stream_key, rows[0], consts)
+
+  def local(aug_params, split, stream_key, rows, consts):
+    return device_row(aug_params, split, stream_key, rows[0], consts)
+
+  # check_vma=False: with it, the inner loop's gradient with respect to values
+  # that do not vary over the mesh (the classifier's zero-initialised biases)
+  # would be summed over the devices, coupling their tasks. The outer gradient
+  # is taken outside, where the replicated inputs' cotangents are summed as
+  # they must be (tests/sharded_check.py: 4 devices equal 1).
+  run = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P(), P(TASK_AXIS, None), P()),
+                      out_specs=P(TASK_AXIS), check_vma=False)
+  return run(aug_params, split, stream_key, rows, consts)

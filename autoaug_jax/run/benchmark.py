@@ -90,10 +90,17 @@ def _flops(run: setup_lib.Prepared, meta_batch_size: int, inner_steps: int) -> f
 
   Counted with all of a device's tasks in one vmap (task_chunk=0): the same
   arithmetic as any chunking, but with no lax.map whose body XLA would count once.
+  A 'native_vjp' classifier is counted in its 'patches' form, the same
+  arithmetic: under that vmap its convolutions are grouped, and XLA counts a
+  grouped convolution's FLOPs once per group (2x at two tasks per device).
   """
   objective = run.objective
+  classifier = objective.classifier
+  if getattr(classifier, 'conv_impl', None) == 'native_vjp':
+    classifier = dataclasses.replace(classifier, conv_impl='patches')
   setup = dataclasses.replace(run.setup, task_chunk=0, objective=dataclasses.replace(
-      objective, inner=dataclasses.replace(objective.inner, steps=inner_steps, unroll=True)))
+      objective, classifier=classifier,
+      inner=dataclasses.replace(objective.inner, steps=inner_steps, unroll=True)))
   mesh = run.mesh
   state = setup.init_state(mesh)
   compiled = setup.meta_step(mesh, meta_batch_size).lower(
