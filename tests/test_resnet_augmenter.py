@@ -94,7 +94,8 @@ def test_meta_gradient_reaches_trunk_and_decoder_consistently(tiny_config, tiny_
 
   Reverse mode runs the CPU layers (the decoder's sub-pixel and
   canonical-gradient convolutions, reverse mode only); forward mode the native
-  ones (`augmenter.conv_impl='native'`): the same function, so this also checks
+  ones (`augmenter.conv_impl='native'`, and the classifier's `conv_impl='native'`
+  against its CPU default 'native_vjp'): the same function, so this also checks
   the custom layers' gradients inside the meta-step.
 
   Central differences of the meta-loss itself are not a usable reference here:
@@ -113,6 +114,7 @@ def test_meta_gradient_reaches_trunk_and_decoder_consistently(tiny_config, tiny_
   native = resnet_config(config.copy_and_resolve_references(), weights, False)
   with native.unlocked():
     native.augmenter.conv_impl = 'native'
+    native.classifier.conv_impl = 'native'  # the CPU default, native_vjp, is reverse only
   with jax.enable_x64(True):
     meta_loss, params, run = meta_problem(config, tiny_splits['train'])
     assert run.objective.augmenter.decoder_impl == 'patches'
