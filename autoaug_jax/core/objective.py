@@ -116,7 +116,10 @@ def batched_outcomes(aug_params: Params, split: DeviceSplit, stream_key: jax.Arr
   per_device = rows.shape[1]
   chunk = min(task_chunk or per_device, per_device)
 
-  def device_row(aug_params, split, stream_key, row, consts):
+  def device_rows(aug_params, split, stream_key, rows, consts):
+    """This device's row of `rows` ([1, B / devices] inside the shard_map)."""
+    row = rows[0]
+
     def outcome(index):
       return task_outcome(aug_params, split, rng.task_keys(stream_key, index), objective,
                           consts)
@@ -126,16 +129,13 @@ def batched_outcomes(aug_params: Params, split: DeviceSplit, stream_key: jax.Arr
     return jax.lax.map(outcome, row, batch_size=chunk)
 
   if devices == 1:
-    return device_row(aug_params, split, stream_key, rows[0], consts)
-
-  def local(aug_params, split, stream_key, rows, consts):
-    return device_row(aug_params, split, stream_key, rows[0], consts)
+    return device_rows(aug_params, split, stream_key, rows, consts)
 
   # check_vma=False: with it, the inner loop's gradient with respect to values
   # that do not vary over the mesh (the classifier's zero-initialised biases)
   # would be summed over the devices, coupling their tasks. The outer gradient
   # is taken outside, where the replicated inputs' cotangents are summed as
   # they must be (tests/sharded_check.py: 4 devices equal 1).
-  run = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P(), P(TASK_AXIS, None), P()),
+  run = jax.shard_map(device_rows, mesh=mesh, in_specs=(P(), P(), P(), P(TASK_AXIS, None), P()),
                       out_specs=P(TASK_AXIS), check_vma=False)
   return run(aug_params, split, stream_key, rows, consts)
