@@ -26,10 +26,18 @@ import jax
 import jax.numpy as jnp
 
 _NHWC = ('NHWC', 'HWIO', 'NHWC')
-# Up to this many channels on the image side, a 3x3 layer's forward and data
-# gradient run as a patch matmul: XLA:CPU's native convolution with 3 input
-# channels was 4x slower than patches + matmul at 64 px (BUILD_NOTES.md).
+# XLA:CPU's convolutions (YNNPACK) run 1.6-8x slower when the contracted
+# feature count is not a multiple of this: 18 -> 36 channels at 32 x 32 took
+# 8.4 ms against 5.2 ms with 20 (2 zero channels), 3 -> 18 at 64 x 64 29.5 ms
+# against 3.5 ms with 4 (BUILD_NOTES.md). `_correlate` pads with zeros up to it.
+_FEATURE_MULTIPLE = 4
+# Up to this many channels on the image side, a 3x3 layer's data gradient runs
+# as a patch matmul (its output has only C channels, which nothing pads).
 _FEW_CHANNELS = 4
+# From this many pixels per image, a 3x3 layer's weight gradient runs as nine
+# per-tap matmuls: the convolution with an image-sized window was 1.2-1.9x
+# slower there (18 -> 36 channels at 64 x 64), and faster below (BUILD_NOTES.md).
+_TAPS_MIN_PIXELS = 64 * 64
 
 
 def patches_3x3(x: jax.Array) -> jax.Array:
@@ -87,7 +95,15 @@ def _same_transpose_pads(k: int, s: int) -> tuple[int, int]:
 
 
 def _correlate(x: jax.Array, kernel: jax.Array, pads: tuple[int, int]) -> jax.Array:
-  """Stride-1 correlation, x [n, H, W, C] with kernel [k, k, C, O], `pads` on both axes."""
+  """Stride-1 correlation, x [n, H, W, C] with kernel [k, k, C, O], `pads` on both axes.
+
+  C is zero-padded (x and kernel alike) to a multiple of `_FEATURE_MULTIPLE`:
+  the same sums, in XLA:CPU's fast kernels.
+  """
+  extra = -x.shape[-1] % _FEATURE_MULTIPLE
+  if extra:
+    x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, extra)))
+    kernel = jnp.pad(kernel, ((0, 0), (0, 0), (0, extra), (0, 0)))
   return jax.lax.conv_general_dilated(x, kernel, (1, 1), [pads, pads], dimension_numbers=_NHWC)
 
 
@@ -97,8 +113,8 @@ def _flipped_pads(k: int, pads: tuple[int, int]) -> tuple[int, int]:
 
 
 def _patch_matmul(kernel: jax.Array, pads: tuple[int, int]) -> bool:
-  """Whether a layer's forward and data gradient take the patch-matmul path: a 3x3
-  'SAME' layer with few input channels (kernel [3, 3, C, O])."""
+  """Whether a layer's data gradient takes the patch-matmul path: a 3x3 'SAME'
+  layer with few input channels (kernel [3, 3, C, O])."""
   return kernel.shape[:2] == (3, 3) and tuple(pads) == (1, 1) and kernel.shape[2] <= _FEW_CHANNELS
 
 
@@ -118,7 +134,8 @@ def correlate_canonical(x: jax.Array, kernel: jax.Array, pads: tuple[int, int]) 
   each is two of the three (<g, y(x, K)> = <dx(g, K), x> = <dK(x, g), K>). So
   the inner loop's gradient and the meta-gradient through it (second order)
   stay in this form. A layer with few image-side channels (the classifier's
-  RGB input) runs its forward and data gradient as a patch matmul instead.
+  RGB input) runs its data gradient as a patch matmul instead, and a large
+  layer its weight gradient as per-tap matmuls.
 
   Reverse mode, also nested and under vmap; no forward mode (a custom VJP:
   JAX's `linear_call`, which would allow both, has no batching rule). Under
@@ -134,8 +151,6 @@ def correlate_canonical(x: jax.Array, kernel: jax.Array, pads: tuple[int, int]) 
   Returns:
     [n, H + front + back - k + 1, ..., O].
   """
-  if _patch_matmul(kernel, pads):
-    return patches_3x3(x) @ kernel.reshape(-1, kernel.shape[-1])
   return _correlate(x, kernel, pads)
 
 
@@ -158,15 +173,22 @@ def _correlate_dkernel(x: jax.Array, g: jax.Array, pads: tuple[int, int]) -> jax
 
   dK[a, b, c, o] = sum_{n,h,w} xpad[n, h + a, w + b, c] g[n, h, w, o]: channels as
   the batch, images as the contracted features, g as a [H', W', n, O] kernel.
-  A 3x3 'SAME' layer with more channels computes it as one matmul per tap
-  instead: XLA:CPU's convolution with an image-sized window was up to 2x
-  slower there (18 -> 36 channels at 64 x 64: 156 vs 83 ms, BUILD_NOTES.md).
+  `_correlate` pads n to a multiple of 4 there. A 3x3 'SAME' layer with more
+  channels and large images computes it as one matmul per tap instead
+  (`_TAPS_MIN_PIXELS`).
   """
   k = x.shape[1] + pads[0] + pads[1] - g.shape[1] + 1
-  if k == 3 and tuple(pads) == (1, 1) and x.shape[-1] > _FEW_CHANNELS:
-    _, h, w, _ = g.shape
-    xp = jnp.pad(x, ((0, 0), pads, pads, (0, 0)))
-    taps = [jnp.einsum('nhwc,nhwo->co', xp[:, a:a + h, b:b + w], g)
+  if (k == 3 and tuple(pads) == (1, 1) and x.shape[-1] > _FEW_CHANNELS
+      and x.shape[1] * x.shape[2] >= _TAPS_MIN_PIXELS):
+    # On the flattened padded grid, tap (a, b) is a shift by a (W + 2) + b rows:
+    # each tap contracts a contiguous row range of x with g (a matmul over rows,
+    # with no transposed copies), and g's zero border keeps wrapped rows out.
+    _, _, w, c = x.shape
+    row = w + 2
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))).reshape(-1, c)
+    length = xp.shape[0] - 2 * row - 2
+    gp = jnp.pad(g, ((0, 0), (0, 2), (0, 2), (0, 0))).reshape(-1, g.shape[-1])[:length]
+    taps = [jnp.einsum('mc,mo->co', xp[a * row + b:a * row + b + length], gp)
             for a in range(3) for b in range(3)]
     return jnp.stack(taps).reshape(3, 3, *taps[0].shape)
   return _correlate(x.transpose(3, 1, 2, 0), g.transpose(1, 2, 0, 3), pads).transpose(1, 2, 0, 3)

@@ -116,17 +116,22 @@ def test_stride_one_nested_and_batched_gradients():
       jax.jvp(f['patches'], (x, kernel), (x, kernel))
 
 
-def test_classifier_native_vjp_equals_native_to_third_order():
+@pytest.mark.parametrize('taps_min_pixels', [layers._TAPS_MIN_PIXELS, 0])
+def test_classifier_native_vjp_equals_native_to_third_order(taps_min_pixels, monkeypatch):
   """The ConvNet classifier with 'native_vjp' (and 'patches') against plain autodiff of
   lax.conv: an inner SGD step then a query loss, differentiated with respect to the
   images (second order, as the meta-gradient is) and once more (third order), also
-  under vmap over per-task weights. Layer 1 (3 channels) takes the patch-matmul
-  path, layer 2 (6 channels) the convolution path."""
+  under vmap over per-task weights. Every path of `correlate_canonical` is taken:
+  layer 1 (3 channels) pads them to 4 and takes the patch matmul for its data
+  gradient; layer 2 (6 channels, padded to 8) convolves throughout; 5 images pad the
+  weight gradient's contracted axis to 8; with `_TAPS_MIN_PIXELS` at 0, layer 2's
+  weight gradient is per-tap matmuls instead."""
   from autoaug_jax.classifiers.convnet import ConvNet
 
+  monkeypatch.setattr(layers, '_TAPS_MIN_PIXELS', taps_min_pixels)
   with jax.enable_x64(True):
-    images = jax.random.normal(jax.random.key(0), (4, 8, 8, 3), jnp.float64)
-    labels = jnp.array([0, 1, 0, 1])
+    images = jax.random.normal(jax.random.key(0), (5, 8, 8, 3), jnp.float64)
+    labels = jnp.array([0, 1, 0, 1, 1])
     nets = {impl: ConvNet(2, (6, 5), 7, impl) for impl in ('native', 'native_vjp', 'patches')}
     params = nets['native'].init(jax.random.key(1), images)['params']
     params = jax.tree.map(lambda p: p.astype(jnp.float64), params)
