@@ -248,7 +248,7 @@ def conv_impl(value: str) -> str:
 
 def classifier_conv_impl(config: ConfigDict) -> str:
   """`classifier.conv_impl` resolved. 'auto' on CPU is 'native_vjp' for the convnet
-  with one task at a time per device (1.07-1.27x patches at 32-128 px; under a
+  with one task at a time per device (1.5-1.6x patches at 32-128 px; under a
   vmap over tasks its convolutions would be grouped, which XLA:CPU runs
   slowly), else as `conv_impl`."""
   value = config.classifier.conv_impl
