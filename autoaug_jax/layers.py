@@ -35,7 +35,7 @@ _FEATURE_MULTIPLE = 4
 # as a patch matmul (its output has only C channels, which nothing pads).
 _FEW_CHANNELS = 4
 # From this many pixels per image, a 3x3 layer's weight gradient runs as nine
-# per-tap matmuls: the convolution with an image-sized window was 1.2-1.9x
+# per-tap matmuls: the convolution with an image-sized window was 1.3-1.9x
 # slower there (18 -> 36 channels at 64 x 64), and faster below (BUILD_NOTES.md).
 _TAPS_MIN_PIXELS = 64 * 64
 
