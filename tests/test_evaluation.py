@@ -108,6 +108,15 @@ def test_eval_fn_compiles_once_per_method(eval_setup):
   assert fn._cache_size() == 1
 
 
+def test_eval_fn_is_compiled_with_the_cpu_compiler_options(eval_setup, monkeypatch):
+  config, mesh, dev, run = eval_setup
+  none = _with(run, 'none', config)
+  monkeypatch.setattr(sharding, '_CPU_COMPILER_OPTIONS', {'xla_cpu_no_such_option': True})
+  with pytest.raises(Exception, match='xla_cpu_no_such_option'):
+    evaluation.evaluate(none, {}, dev, mesh, evaluation.eval_stream(0, 'test'), 2, 2,
+                        consts=NO_CONSTS)
+
+
 @pytest.mark.slow
 def test_a_diverged_classifier_is_counted_not_scored(eval_setup, tmp_path):
   """NaN logits would be 'predictions' of whatever argmax makes of them: such tasks

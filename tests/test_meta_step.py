@@ -51,6 +51,22 @@ def test_no_recompilation_across_outer_steps(tiny_config, tiny_splits):
   assert len({h['meta_loss'] for h in history}) == 3
 
 
+def test_cpu_compiler_options_reach_xla_and_change_only_rounding(tiny_config, tiny_splits,
+                                                                 monkeypatch):
+  # The options exist only to save compile memory (sharding._CPU_COMPILER_OPTIONS).
+  assert sharding.compiler_options(sharding.make_mesh(1))
+  _, with_options, _ = _steps(tiny_config, tiny_splits['train'], 1)
+  monkeypatch.setattr(sharding, '_CPU_COMPILER_OPTIONS', {})
+  _, without, _ = _steps(tiny_config, tiny_splits['train'], 1)
+  for name, value in without[0].items():
+    np.testing.assert_allclose(with_options[0][name], value, rtol=1e-4, err_msg=name)
+  # Reaching XLA: an option it does not know fails the compile (as would one a
+  # jaxlib upgrade removes).
+  monkeypatch.setattr(sharding, '_CPU_COMPILER_OPTIONS', {'xla_cpu_no_such_option': True})
+  with pytest.raises(Exception, match='xla_cpu_no_such_option'):
+    _steps(tiny_config, tiny_splits['train'], 1)
+
+
 @pytest.mark.slow
 def test_learned_params_move_and_frozen_params_do_not(tiny_config, tiny_splits):
   run = builders.meta_setup(tiny_config)

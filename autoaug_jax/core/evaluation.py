@@ -21,7 +21,7 @@ from jax.sharding import Mesh
 from autoaug_jax.augmenters.base import Augmenter
 from autoaug_jax.core import rng
 from autoaug_jax.core.objective import Objective, batched_outcomes
-from autoaug_jax.core.sharding import padded, replicated, task_sharded
+from autoaug_jax.core.sharding import compiler_options, padded, replicated, task_sharded
 from autoaug_jax.core.tasks import DeviceSplit, TaskSpec, sample
 from autoaug_jax.types import Constants, Params
 
@@ -44,7 +44,7 @@ def make_eval_fn(objective: Objective, mesh: Mesh, task_chunk: int = 0):
   # Results replicated: a few floats per task, gathered so that every process
   # (its devices hold only their own tasks' results) can read all of them.
   return jax.jit(run, in_shardings=(rep, rep, rep, sharded, rep),
-                 out_shardings=(rep, rep))
+                 out_shardings=(rep, rep), compiler_options=compiler_options(mesh))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,7 +23,7 @@ from jax.sharding import Mesh
 from autoaug_jax.augmenters import weighted
 from autoaug_jax.core import rng
 from autoaug_jax.core.objective import Objective, batched_outcomes
-from autoaug_jax.core.sharding import put_replicated, replicated
+from autoaug_jax.core.sharding import compiler_options, put_replicated, replicated
 from autoaug_jax.core.tasks import DeviceSplit
 from autoaug_jax.types import Constants, Params
 
@@ -126,7 +126,7 @@ def make_meta_step(objective: Objective, optimizer: optax.GradientTransformation
 
   rep = replicated(mesh)
   return jax.jit(meta_step, donate_argnums=(0,), in_shardings=(rep, rep, rep),
-                 out_shardings=(rep, rep))
+                 out_shardings=(rep, rep), compiler_options=compiler_options(mesh))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -41,6 +41,20 @@ def configure_cpu_devices(count: int) -> None:
                       count, have)
 
 
+# XLA:CPU's MLIR fusion emitters keep every fused kernel's MLIR until the
+# program is linked: 0.4 GB of the 32 px meta-step's compile, two thirds of
+# its peak RSS. The LLVM emitters they replace run this workload as fast
+# (BUILD_NOTES.md, "Compile memory").
+_CPU_COMPILER_OPTIONS = {'xla_cpu_use_fusion_emitters': False}
+
+
+def compiler_options(mesh: Mesh) -> dict[str, bool] | None:
+  """XLA options for a program compiled for `mesh` (None where it is not on CPU)."""
+  if mesh.devices.flat[0].platform != 'cpu':
+    return None
+  return dict(_CPU_COMPILER_OPTIONS)
+
+
 def make_mesh(num_devices: int = 0) -> Mesh:
   """A mesh over `num_devices` devices (0: all of them), each process's kept together.
 
