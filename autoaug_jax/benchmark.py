@@ -34,6 +34,17 @@ compiler's buffer assignment, so an estimate of what an accelerator needs:
 
   python -m autoaug_jax.benchmark --config=configs/diffusion.py --abstract
 
+With --compare, two programs are timed in one process, their steps
+alternated (A B, B A, ...): A is the config, B the config with the dotted
+overrides given (repeat the flag for several). `--steps` is then the number
+of pairs. It reports both programs' step times and the per-pair ratios B / A
+with their geometric mean and 95% interval, and names a winner only when that
+interval excludes 1 (`run/compare.py` says why: this machine drifts by more
+than most changes worth deciding):
+
+  python -m autoaug_jax.benchmark --config=configs/default.py \
+      --config.image_size=64 --compare=classifier.conv_impl=patches --steps=8
+
 On several hosts (the cluster flags of `cluster_flags`) every process runs
 the same measurement over the global mesh and process 0 prints it.
 """
@@ -46,7 +57,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from autoaug_jax import cluster_flags
-from autoaug_jax.run import benchmark, cluster
+from autoaug_jax.run import benchmark, cluster, compare
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'A configs/*.py file.',
                                           lock_config=True)
@@ -58,13 +69,22 @@ _DATA_ONLY = flags.DEFINE_boolean('data_only', False,
 _ABSTRACT = flags.DEFINE_boolean('abstract', False,
                                  'Compile only, for abstract SD-1.5 inputs, and report XLA\'s '
                                  'memory analysis (augmenter.name=diffusion).')
+_COMPARE = flags.DEFINE_multi_string(
+    'compare', None, 'Dotted override(s) making program B, timed against the config (A) with '
+    'their steps alternated; --steps is then the number of pairs.')
 flags.mark_flags_as_required(['config'])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if _COMPARE.value and (_DATA_ONLY.value or _ABSTRACT.value):
+    raise app.UsageError('--compare times two meta-steps; it does not combine with --data_only '
+                         'or --abstract.')
+
   def measure():
+    if _COMPARE.value:
+      return compare.compare(_CONFIG.value, _COMPARE.value, _STEPS.value, _WARMUP.value)
     if _DATA_ONLY.value:
       return benchmark.data_benchmark(_CONFIG.value)
     if _ABSTRACT.value:

@@ -1,5 +1,6 @@
-"""The benchmark entry point: its JSON line, the FLOP count's extrapolation, and what
-each result says produced it (machine, resolved layout, peak FLOP/s and MFU)."""
+"""The benchmark entry point: its JSON line, the FLOP count's extrapolation, what
+each result says produced it (machine, resolved layout, peak FLOP/s and MFU), and
+the interleaved comparison of two programs (--compare)."""
 
 import json
 import os
@@ -8,9 +9,13 @@ import sys
 
 import jax
 import jaxlib
+import numpy as np
 import pytest
+import scipy.stats
 
-from autoaug_jax.run import benchmark, peak_flops, setup
+from autoaug_jax import statistics
+from autoaug_jax.errors import ConfigError
+from autoaug_jax.run import benchmark, compare, peak_flops, setup
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEYS = {'meta_steps_per_s', 'compile_s', 'peak_memory_mb', 'flops_per_meta_step'}
@@ -126,3 +131,67 @@ def test_cli_last_line_is_json():
   result = json.loads(out.stdout.strip().splitlines()[-1])
   assert set(result) >= KEYS | PROVENANCE | LAYOUT | FLOPS
   assert result['flops_per_meta_step'] > 0 and result['mfu'] is None
+
+
+def test_paired_ratio_interval_and_verdict():
+  a = np.array([2.0, 4.0, 3.0, 5.0])
+  b = a * np.array([0.5, 0.55, 0.45, 0.5])  # B takes about half of A's time, whatever the hour
+  ratio = statistics.paired_ratio(a, b)
+  logs = np.log(b / a)
+  half = scipy.stats.t.ppf(0.975, 3) * logs.std(ddof=1) / 2
+  assert ratio.geometric_mean == pytest.approx(np.exp(logs.mean()))
+  assert (ratio.lo, ratio.hi) == pytest.approx((np.exp(logs.mean() - half),
+                                                np.exp(logs.mean() + half)))
+  assert ratio.per_pair == pytest.approx(b / a)
+  assert ratio.verdict('B', 'A').startswith('B faster')
+  assert statistics.paired_ratio(b, a).verdict('B', 'A').startswith('B slower')
+  # Ratios on both sides of 1: no winner named, whatever the geometric mean.
+  mixed = statistics.paired_ratio(a, a * np.array([0.8, 1.15, 0.9, 1.2]))
+  assert mixed.lo < 1 < mixed.hi and mixed.verdict('B', 'A').startswith('no difference')
+  for bad in ((a, b[:3]), (a[:1], b[:1]), (a, -b)):
+    with pytest.raises(ValueError, match='paired ratios need'):
+      statistics.paired_ratio(*bad)
+
+
+def test_compare_rejects_bad_overrides_before_building_anything(tiny_config, monkeypatch):
+  monkeypatch.setattr(compare.setup_lib, 'prepare', lambda *a, **k: pytest.fail('built'))
+  for overrides, match in ((['inner.nonsense=1'], 'not a config key'),
+                           (['inner.steps'], 'dotted.key=value'), ([], 'at least one'),
+                           (['num_cpu_devices=4'], 'one process')):
+    with pytest.raises(ConfigError, match=match):
+      compare.compare(tiny_config, overrides, pairs=4)
+  with pytest.raises(ConfigError, match='at least 2 pairs'):
+    compare.compare(tiny_config, ['inner.steps=1'], pairs=1)
+  # Program B is a copy: A's config is left as it was.
+  other = compare.overridden(tiny_config, ['--config.inner.steps=1', 'seed=3'])
+  assert (other.inner.steps, other.seed) == (1, 3)
+  assert (tiny_config.inner.steps, tiny_config.seed) != (1, 3)
+
+
+@pytest.mark.slow
+def test_compare_runs_each_program_on_its_own_config(tiny_config, monkeypatch):
+  """Both programs take warmup + pairs steps; B's last meta-loss is what the plain benchmark
+  of B's config gives after as many steps, and differs from A's."""
+  loads = []
+  prepare = setup.prepare
+  monkeypatch.setattr(compare.setup_lib, 'prepare', lambda *a, **k: loads.append(1) or
+                      prepare(*a, **k))
+  result = compare.compare(tiny_config, ['inner.steps=1'], pairs=2, warmup=1)
+  assert len(loads) == 1  # B's data is A's: one copy of the dataset
+  monkeypatch.undo()
+  for side in ('a', 'b'):
+    assert len(result[side]['step_times_s']) == 2 and result[side]['compile_s'] > 0
+  assert len(result['ratio_b_over_a_per_pair']) == 2
+  assert result['ratio_b_over_a_lo'] <= result['ratio_b_over_a'] <= result['ratio_b_over_a_hi']
+  alone = benchmark.benchmark(compare.overridden(tiny_config, ['inner.steps=1']), steps=2,
+                              warmup=1, count_flops=False)
+  assert result['b']['meta_loss'] == alone['meta_loss'] != result['a']['meta_loss']
+  assert set(result) >= PROVENANCE and result['b_overrides'] == ['inner.steps=1']
+  json.loads(json.dumps(result))
+
+
+def test_cli_compare_does_not_combine_with_data_only():
+  out = subprocess.run([sys.executable, '-m', 'autoaug_jax.benchmark', '--config=configs/tiny.py',
+                        '--compare=inner.steps=1', '--data_only'], cwd=REPO, capture_output=True,
+                       text=True, timeout=300)
+  assert out.returncode != 0 and 'does not combine with --data_only' in out.stderr

@@ -67,6 +67,16 @@ def test_cpu_compiler_options_reach_xla_and_change_only_rounding(tiny_config, ti
     _steps(tiny_config, tiny_splits['train'], 1)
 
 
+def test_a_users_xla_flags_setting_wins_over_the_cpu_compiler_options(monkeypatch):
+  mesh = sharding.make_mesh(1)
+  monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=2')
+  assert sharding.compiler_options(mesh) == sharding._CPU_COMPILER_OPTIONS
+  # The user asks for XLA:CPU's MLIR emitters: the option would override that, so it goes.
+  monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=2 '
+                     '--xla_cpu_use_fusion_emitters=true')
+  assert sharding.compiler_options(mesh) is None
+
+
 @pytest.mark.slow
 def test_learned_params_move_and_frozen_params_do_not(tiny_config, tiny_splits):
   run = builders.meta_setup(tiny_config)

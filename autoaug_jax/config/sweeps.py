@@ -159,13 +159,14 @@ def _parse_value(text: str, current, field_type: type | None = None):
   return text
 
 
-def _key(override: str) -> str:
+def override_key(override: str) -> str:
+  """The dotted config key an override sets (`--config.` and `config.` prefixes dropped)."""
   return override.partition('=')[0].strip().removeprefix('--config.').removeprefix('config.')
 
 
 def apply_override(config: ml_collections.ConfigDict, override: str) -> None:
   """Applies one 'dotted.key=value' to a (locked) config in place."""
-  key, sep, text = _key(override), *override.partition('=')[1:]
+  key, sep, text = override_key(override), *override.partition('=')[1:]
   if not sep or not key:
     raise ConfigError(f'override {override!r} is not of the form dotted.key=value.')
   *parents, leaf = key.split('.')
@@ -192,8 +193,8 @@ def member_config(base: str, sweep: Sweep, member: Member, seed: int,
   """The config of one member and seed: base file, then overrides (see module doc)."""
   path, _, arg = base.partition(':')  # e.g. configs/combinations.py:resnet50,convnet
   config = config_from_file(path, arg or None)
-  varied = {_key(o) for o in (*sweep.overrides, *member.overrides)}
-  clash = sorted(varied & {_key(o) for o in extra})
+  varied = {override_key(o) for o in (*sweep.overrides, *member.overrides)}
+  clash = sorted(varied & {override_key(o) for o in extra})
   if clash:
     raise ConfigError(f'--override sets {clash}, which {sweep.path} sets itself; change the '
                       'sweep file (or copy it) to vary them differently.')

@@ -10,6 +10,8 @@ values across the axis; see BUILD_NOTES.md.)
 
 from __future__ import annotations
 
+import os
+
 import jax
 import numpy as np
 from absl import logging
@@ -49,11 +51,23 @@ def configure_cpu_devices(count: int) -> None:
 _CPU_COMPILER_OPTIONS = {'xla_cpu_use_fusion_emitters': False}
 
 
+def _in_xla_flags(name: str) -> bool:
+  """Whether the XLA_FLAGS environment variable sets `name` (e.g. --name=value)."""
+  return any(flag.lstrip('-').partition('=')[0] == name
+             for flag in os.environ.get('XLA_FLAGS', '').split())
+
+
 def compiler_options(mesh: Mesh) -> dict[str, bool] | None:
-  """XLA options for a program compiled for `mesh` (None where it is not on CPU)."""
+  """XLA options for a program compiled for `mesh` (None where it is not on CPU).
+
+  A compile option overrides the same flag in XLA_FLAGS, so an option the user
+  sets there is left out: their setting wins (e.g.
+  XLA_FLAGS=--xla_cpu_use_fusion_emitters=true for the MLIR emitters).
+  """
   if mesh.devices.flat[0].platform != 'cpu':
     return None
-  return dict(_CPU_COMPILER_OPTIONS)
+  return {name: value for name, value in _CPU_COMPILER_OPTIONS.items()
+          if not _in_xla_flags(name)} or None
 
 
 def make_mesh(num_devices: int = 0) -> Mesh:

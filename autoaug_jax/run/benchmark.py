@@ -121,7 +121,8 @@ def flop_count(run: setup_lib.Prepared, meta_batch_size: int) -> float:
   return f2 + (steps - 2) * (f3 - f2)
 
 
-def _peak_memory_mb() -> tuple[float, str]:
+def peak_memory_mb() -> tuple[float, str]:
+  """The accelerator's peak bytes in use where reported, else the process's peak RSS."""
   stats = jax.local_devices()[0].memory_stats() or {}
   if 'peak_bytes_in_use' in stats:
     return stats['peak_bytes_in_use'] / 2**20, 'device peak_bytes_in_use'
@@ -194,7 +195,7 @@ def benchmark(config, steps: int = 5, warmup: int = 2, count_flops: bool = True)
 
   times, metrics = _time_steps(compiled, state, split, consts, warmup, steps)
   median = statistics.median(times)
-  peak_mb, peak_kind = _peak_memory_mb()
+  peak_mb, peak_kind = peak_memory_mb()
 
   result = {
       'meta_steps_per_s': 1.0 / median,
@@ -397,7 +398,7 @@ def diffusion_benchmark(config, steps: int = 2, warmup: int = 1, num_train_class
   jax.block_until_ready((state, consts, split))
   result['materialise_s'] = time.perf_counter() - start
   times, metrics = _time_steps(compiled, state, split, consts, warmup, steps)
-  peak_mb, peak_kind = _peak_memory_mb()
+  peak_mb, peak_kind = peak_memory_mb()
   median = statistics.median(times)
   result.update({
       'step_time_median_s': median, 'meta_steps_per_s': 1.0 / median,
