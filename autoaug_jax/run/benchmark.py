@@ -165,6 +165,23 @@ def data_benchmark(config) -> dict:
   }
 
 
+def compile_step(run: setup_lib.Prepared, meta_batch_size: int) -> tuple[object, object, float]:
+  """A run's meta-step compiled for its train split: (compiled, initial state, compile seconds)."""
+  state = run.init_state()
+  start = time.perf_counter()
+  compiled = run.meta_step(meta_batch_size).lower(state, run.splits['train'], run.consts).compile()
+  return compiled, state, time.perf_counter() - start
+
+
+def timed_step(compiled, state, split, consts) -> tuple[object, dict, float]:
+  """One meta-step ended with `block_until_ready`: (new state, metrics, seconds).
+  `state` is donated."""
+  start = time.perf_counter()
+  state, metrics = compiled(state, split, consts)
+  jax.block_until_ready((state, metrics))
+  return state, metrics, time.perf_counter() - start
+
+
 def _time_steps(compiled, state, split, consts, warmup: int, steps: int
                 ) -> tuple[list[float], dict]:
   """Seconds of each of `steps` meta-steps after `warmup` untimed ones, and the last
@@ -174,10 +191,8 @@ def _time_steps(compiled, state, split, consts, warmup: int, steps: int
   jax.block_until_ready(state)
   times = []
   for _ in range(steps):
-    start = time.perf_counter()
-    state, metrics = compiled(state, split, consts)
-    jax.block_until_ready((state, metrics))
-    times.append(time.perf_counter() - start)
+    state, metrics, seconds = timed_step(compiled, state, split, consts)
+    times.append(seconds)
   return times, metrics
 
 
@@ -185,12 +200,7 @@ def benchmark(config, steps: int = 5, warmup: int = 2, count_flops: bool = True)
   """Runs the measurements the `benchmark` entry point describes; returns the result dict."""
   run = setup_lib.prepare(config, ('train',), training=True)
   mesh, split, consts = run.mesh, run.splits['train'], run.consts
-  state = run.init_state()
-  step_fn = run.meta_step(config.meta_batch_size)
-
-  start = time.perf_counter()
-  compiled = step_fn.lower(state, split, consts).compile()
-  compile_s = time.perf_counter() - start
+  compiled, state, compile_s = compile_step(run, config.meta_batch_size)
   memory = memory_mb(compiled)
 
   times, metrics = _time_steps(compiled, state, split, consts, warmup, steps)

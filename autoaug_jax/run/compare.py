@@ -14,10 +14,8 @@ verdict only names a winner when that interval excludes 1.
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Sequence
 
-import jax
 import numpy as np
 
 from autoaug_jax import statistics
@@ -52,13 +50,6 @@ def _same_data(a, b) -> bool:
           and a.task.to_dict() == b.task.to_dict())
 
 
-def _program(run: setup_lib.Prepared, meta_batch_size: int) -> tuple[object, object, float]:
-  state = run.init_state()
-  start = time.perf_counter()
-  compiled = run.meta_step(meta_batch_size).lower(state, run.splits['train'], run.consts).compile()
-  return compiled, state, time.perf_counter() - start
-
-
 def compare(config, overrides: Sequence[str], pairs: int = 6, warmup: int = 1) -> dict:
   """Times A (`config`) against B (`config` with `overrides`), steps alternated.
 
@@ -76,12 +67,12 @@ def compare(config, overrides: Sequence[str], pairs: int = 6, warmup: int = 1) -
   if pairs < 2:
     raise ConfigError(f'--steps={pairs}: a comparison needs at least 2 pairs (6 or more to '
                       'resolve a 10% difference on a noisy machine).')
-  config_b = overridden(config, overrides)
+  configs = {'a': config, 'b': overridden(config, overrides)}
   runs, programs, states, compile_s, metrics = {}, {}, {}, {}, {}
   # Each side is compiled right after its setup: the setup applies process-wide
   # settings (matmul precision) that tracing reads.
-  for name, cfg in (('a', config), ('b', config_b)):
-    if name == 'b' and _same_data(config, config_b):  # one copy of the dataset, not two
+  for name, cfg in configs.items():
+    if name == 'b' and _same_data(config, cfg):  # one copy of the dataset, not two
       runs[name] = setup_lib.build(cfg, setup_lib.checked_mesh(cfg, training=True),
                                    runs['a'].splits)
     else:
@@ -90,24 +81,25 @@ def compare(config, overrides: Sequence[str], pairs: int = 6, warmup: int = 1) -
       raise ConfigError(f'the overrides change the device mesh ({runs["a"].mesh.devices.shape} '
                         f'-> {runs[name].mesh.devices.shape}); compare those with two benchmark '
                         'runs.')
-    programs[name], states[name], compile_s[name] = _program(runs[name], cfg.meta_batch_size)
-  split = {name: runs[name].splits['train'] for name in runs}
-  for name in ('a', 'b'):
-    for _ in range(warmup):
-      states[name], metrics[name] = programs[name](states[name], split[name], runs[name].consts)
-    jax.block_until_ready(states[name])
+    programs[name], states[name], compile_s[name] = benchmark.compile_step(
+        runs[name], cfg.meta_batch_size)
 
+  def step(name: str) -> float:
+    states[name], metrics[name], seconds = benchmark.timed_step(
+        programs[name], states[name], runs[name].splits['train'], runs[name].consts)
+    return seconds
+
+  for name in configs:
+    for _ in range(warmup):
+      step(name)
   times = {'a': [], 'b': []}
   for i in range(pairs):
     for name in ('a', 'b') if i % 2 == 0 else ('b', 'a'):  # ABBA: no side always goes first
-      start = time.perf_counter()
-      states[name], metrics[name] = programs[name](states[name], split[name], runs[name].consts)
-      jax.block_until_ready((states[name], metrics[name]))
-      times[name].append(time.perf_counter() - start)
+      times[name].append(step(name))
 
   ratio = statistics.paired_ratio(times['a'], times['b'])
   per_program = {}
-  for name in ('a', 'b'):
+  for name in configs:
     memory = benchmark.memory_mb(programs[name])
     per_program[name] = {
         'step_times_s': [round(t, 4) for t in times[name]],
@@ -115,7 +107,7 @@ def compare(config, overrides: Sequence[str], pairs: int = 6, warmup: int = 1) -
         'compile_s': compile_s[name],
         'xla_temp_mb': memory['temp'] if memory else None,
         'meta_loss': float(metrics[name]['meta_loss']),
-        **benchmark.layout(config if name == 'a' else config_b)}
+        **benchmark.layout(configs[name])}
   peak_mb, peak_kind = benchmark.peak_memory_mb()
   return {
       'b_overrides': list(overrides),
