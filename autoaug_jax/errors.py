@@ -37,6 +37,11 @@ class ClusterError(RuntimeError):
   """The processes of a multi-process run could not join up; the message says how to fix it."""
 
 
+class BenchmarkError(RuntimeError):
+  """A benchmark process (ours or a peer's) that failed or printed no figure; the message
+  shows the end of its output."""
+
+
 class SweepError(RuntimeError):
   """Some runs of a sweep failed; the message lists them and their errors."""
 
@@ -44,4 +49,4 @@ class SweepError(RuntimeError):
 # What the entry points report in one line (MemoryError: a dataset or program
 # that does not fit the devices).
 USER_ERRORS = (ConfigError, DataError, WeightsError, WorkdirError, CheckpointError,
-               NonFiniteLossError, SweepError, ClusterError, MemoryError)
+               NonFiniteLossError, SweepError, ClusterError, BenchmarkError, MemoryError)
