@@ -2,7 +2,8 @@
 
 Each is raised with a message that names the problem and its fix, before
 anything compiles where that is possible. The entry points catch
-`USER_ERRORS` and print the message as one line instead of a traceback.
+`USER_ERRORS` and print the message instead of a traceback: one line, bar a
+`BenchmarkError`'s quoted output.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class ClusterError(RuntimeError):
 
 class BenchmarkError(RuntimeError):
   """A benchmark process (ours or a peer's) that failed or printed no figure; the message
-  shows the end of its output."""
+  ends with the last lines of that process's output."""
 
 
 class SweepError(RuntimeError):

@@ -24,12 +24,13 @@ _CONFIG = flags.DEFINE_string('config', 'configs/default.py', 'Our config file.'
 _IMAGE_SIZE = flags.DEFINE_integer('image_size', None, 'Image size for both sides.')
 _OVERRIDE = flags.DEFINE_multi_string('override', [], 'Dotted override of our config, e.g. '
                                       '--override=inner.steps=10 (repeatable).')
-_PEER = flags.DEFINE_string('peer', None, 'The peer benchmark\'s command line; {image_size}, '
-                            '{steps} and {warmup} are filled in.')
+_PEER = flags.DEFINE_string('peer', None, 'The peer benchmark\'s command line; {image_size} '
+                            '(required), {steps} and {warmup} are filled in.')
 _PEER_PATTERN = flags.DEFINE_string(
     'peer_pattern', side_by_side.TORCH_REF_PATTERN,
     'Regular expression whose group 1 is the peer\'s meta-steps/s (its last match counts).')
-_PAIRS = flags.DEFINE_integer('pairs', 6, 'Pairs of runs (one of each side per pair).')
+_PAIRS = flags.DEFINE_integer('pairs', 6, 'Pairs of runs (one of each side per pair); an even '
+                              'number balances who goes first.')
 _STEPS = flags.DEFINE_integer('steps', 3, 'Timed meta-steps per run, both sides.')
 _WARMUP = flags.DEFINE_integer('warmup', 1, 'Untimed meta-steps per run, both sides.')
 flags.mark_flags_as_required(['image_size', 'peer'])

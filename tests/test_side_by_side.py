@@ -52,22 +52,35 @@ def test_pairs_alternate_and_the_ratio_is_ours_over_the_peer():
 def test_the_last_match_and_our_last_json_line_count():
   assert sbs.peer_rate(sbs.Measured('a=1\nwarm a=2\na=3.5e-2\n', 0, 1), PEER,
                        r'a=([0-9.e-]+)') == 0.035
+  # ^ and $ anchor at lines; group 1 counts when there are more.
+  assert sbs.peer_rate(sbs.Measured('x\nrate 0.25 /s\nrate 0.5 /s\ny', 0, 1), PEER,
+                       r'^rate (\S+) (/s)$') == 0.5
   out = '{"meta_steps_per_s": 1.0}\n{"other": 2}\n{"meta_steps_per_s": 3.0}\nbye\n'
   assert sbs.ours_rate(sbs.Measured(out, 0, 1), OURS) == 3.0
 
 
 def test_a_failed_or_silent_side_names_itself_and_shows_its_output():
-  with pytest.raises(BenchmarkError, match=r'(?s)exited 0 and printed nothing matching '
+  with pytest.raises(BenchmarkError, match=r'(?s)printed nothing matching '
                      r'--peer_pattern "x=\(\\d\+\)".*usage: peer-bench'):
     sbs.peer_rate(sbs.Measured('usage: peer-bench [-h]\n', 0, 1), PEER, r'x=(\d+)')
   # A figure printed before a crash is not a result.
-  with pytest.raises(BenchmarkError, match='exited 1'):
+  with pytest.raises(BenchmarkError, match=r'(?s)\(peer-bench\) exited 1;.*Traceback'):
     sbs.peer_rate(sbs.Measured('torch_meta_steps_per_s=0.1\nTraceback\n', 1, 1), PEER,
                   sbs.TORCH_REF_PATTERN)
+  with pytest.raises(BenchmarkError, match='was killed by signal 9 .*out-of-memory'):
+    sbs.peer_rate(sbs.Measured('', 137, 1), PEER, sbs.TORCH_REF_PATTERN)
+  with pytest.raises(BenchmarkError, match=r"the peer reported '0' meta-steps/s, not a "
+                     'positive number'):
+    sbs.peer_rate(sbs.Measured('torch_meta_steps_per_s=0\n', 0, 1), PEER,
+                  sbs.TORCH_REF_PATTERN)
+  with pytest.raises(BenchmarkError, match=r"reported '' meta-steps/s"):
+    sbs.peer_rate(sbs.Measured('rate=\n', 0, 1), PEER, r'rate=([0-9.]*)')
+  with pytest.raises(BenchmarkError, match=r"our benchmark reported 'nan'"):
+    sbs.ours_rate(sbs.Measured('{"meta_steps_per_s": NaN}\n', 0, 1), OURS)
   with pytest.raises(BenchmarkError, match=r'(?s)our benchmark \(ours-bench\) exited 1 '
                      r'without its JSON line.*error: no such config'):
     sbs.ours_rate(sbs.Measured('error: no such config\n', 1, 1), OURS)
-  with pytest.raises(BenchmarkError, match='could not start'):
+  with pytest.raises(BenchmarkError, match="'/nonexistent/peer-bench' could not start"):
     sbs.run_measured(['/nonexistent/peer-bench'])
 
 
@@ -78,10 +91,15 @@ def test_bad_flags_fail_before_anything_runs():
     sbs.side_by_side(OURS, PEER, 1, run=run)
   with pytest.raises(ConfigError, match='not a regular expression'):
     sbs.side_by_side(OURS, PEER, 2, pattern='(', run=run)
-  with pytest.raises(ConfigError, match=r'may use only \{image_size\}'):
-    sbs.peer_command('bench --img {size}', 64, 3, 1)
-  with pytest.raises(ConfigError, match='empty'):
-    sbs.peer_command('  ', 64, 3, 1)
+  with pytest.raises(ConfigError, match='has no group'):
+    sbs.side_by_side(OURS, PEER, 2, pattern=r'steps/s: \S+', run=run)
+  for template in ('bench --img {size}', 'bench --img {image_size.real} {steps[0]}'):
+    with pytest.raises(ConfigError, match=r'may use only \{image_size\}'):
+      sbs.peer_command(template, 64, 3, 1)
+  with pytest.raises(ConfigError, match=r'does not use \{image_size\}'):
+    sbs.peer_command('bench --img 64 --steps {steps}', 128, 3, 1)
+  with pytest.raises(ConfigError, match='check its quotes'):
+    sbs.peer_command('bench --img {image_size} "unclosed', 64, 3, 1)
   assert sbs.peer_command('b --img {image_size} --steps {steps} -w {warmup} "a b" {{x}}',
                           64, 3, 1) == ['b', '--img', '64', '--steps', '3', '-w', '1', 'a b',
                                         '{x}']
@@ -102,6 +120,8 @@ def test_peak_rss_is_the_process_own():
   assert sbs.run_measured([sys.executable, '-c', 'raise SystemExit(3)']).returncode == 3
   killed = sbs.run_measured([sys.executable, '-c', 'import os; os.kill(os.getpid(), 9)'])
   assert killed.returncode == 128 + 9
+  with pytest.raises(BenchmarkError, match='was killed by signal 9 .*before reporting'):
+    sbs.run_measured([sys.executable, '-c', 'import os; os.kill(os.getppid(), 9)'])
   del ballast
 
 
@@ -123,6 +143,7 @@ def test_cli_runs_our_benchmark_against_a_peer_command():
   assert 'ours / peer: ' in out.stdout
   bad = subprocess.run(
       [sys.executable, 'experiments/side_by_side.py', '--config=configs/tiny.py',
-       '--image_size=16', '--pairs=2', f'--peer={shlex.quote(sys.executable)} -c "print(1)"'],
+       '--image_size=16', '--pairs=2',
+       f'--peer={shlex.quote(sys.executable)} -c "print(1)" {{image_size}}'],
       cwd=REPO, capture_output=True, text=True, timeout=600)
   assert bad.returncode == 1 and 'printed nothing matching --peer_pattern' in bad.stderr

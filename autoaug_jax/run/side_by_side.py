@@ -9,17 +9,22 @@ first in odd ones, so neither always meets a cold or a warm machine), and the
 per-pair ratio of meta-steps/s, ours / peer, is the unit: its geometric mean
 and 95% t-interval on the log scale (`statistics.paired_ratio`), as
 `benchmark --compare` does within one process. Peak resident memory is taken
-from the kernel for each process (`wait4`), so both sides are measured alike.
-The entry point is `experiments/side_by_side.py`.
+from the kernel for each process (`wait4`), so both sides are measured alike;
+it is the largest single process of a side's process tree (a peer behind
+`bash -c` or `uv run` reads as itself, one that starts worker processes as its
+largest). An even number of pairs balances who goes first. The entry point is
+`experiments/side_by_side.py`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 import shlex
+import string
 import subprocess
 import sys
 import tempfile
@@ -52,14 +57,21 @@ def ours_command(config: str, image_size: int, overrides: Sequence[str], steps: 
 def peer_command(template: str, image_size: int, steps: int, warmup: int) -> list[str]:
   """The peer's command line: `template` with {image_size}, {steps} and {warmup} filled in."""
   try:
-    cmd = shlex.split(template.format(image_size=image_size, steps=steps, warmup=warmup))
-  except (KeyError, IndexError, ValueError) as e:
+    fields = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    filled = template.format(image_size=image_size, steps=steps, warmup=warmup)
+  except (KeyError, IndexError, ValueError, AttributeError, TypeError) as e:
     raise ConfigError(f'--peer {template!r} cannot be filled in ({type(e).__name__}: {e}): '
                       'it may use only {image_size}, {steps} and {warmup}, and literal braces '
                       'are written {{ and }}.') from e
-  if not cmd:
-    raise ConfigError('--peer is empty: give the command that benchmarks the other '
-                      'implementation, e.g. the torch.func reference.')
+  if 'image_size' not in fields:
+    # A size written into the peer's command would silently time another workload.
+    raise ConfigError(f'--peer {template!r} does not use {{image_size}}: write the peer\'s size '
+                      'flag as e.g. --img {image_size}, so both sides run --image_size.')
+  try:
+    cmd = shlex.split(filled)
+  except ValueError as e:
+    raise ConfigError(f'--peer {template!r} is not a valid command line ({e}): check its '
+                      'quotes.') from e
   return cmd
 
 
@@ -72,7 +84,7 @@ import os, subprocess, sys
 try:
   proc = subprocess.Popen(sys.argv[2:])
 except OSError as e:
-  print(e, flush=True)
+  print(f'{sys.argv[2]!r} could not start: {e}', flush=True)
   sys.exit(127)
 _, status, usage = os.wait4(proc.pid, 0)
 with open(sys.argv[1], 'w') as f:
@@ -89,8 +101,10 @@ def run_measured(cmd: Sequence[str]) -> Measured:
     done = subprocess.run([sys.executable, '-c', _LAUNCHER, rss_path, *cmd],
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if not os.path.exists(rss_path):
-      raise BenchmarkError(f'could not start {shlex.join(cmd)}: {done.stdout.strip()}. Check '
-                           'the program\'s path.')
+      if done.returncode == 127:
+        raise BenchmarkError(f'{done.stdout.strip()}. Check the program\'s path.')
+      raise BenchmarkError(f'the process running {shlex.join(cmd)} {_ended(done.returncode)} '
+                           f'before reporting; its output ended:\n{_tail(done.stdout)}')
     with open(rss_path) as f:
       peak_kib = int(f.read())
   return Measured(done.stdout, done.returncode, peak_kib / 1024)  # Linux counts KiB
@@ -98,6 +112,26 @@ def run_measured(cmd: Sequence[str]) -> Measured:
 
 def _tail(output: str) -> str:
   return output[-_TAIL_CHARS:].strip()
+
+
+def _ended(returncode: int) -> str:
+  """How a process ended, in words (signal N: -N from Popen, 128 + N through the launcher)."""
+  if returncode < 0 or returncode > 128:
+    signal = -returncode if returncode < 0 else returncode - 128
+    why = ' (SIGKILL: often the out-of-memory killer)' if signal == 9 else ''
+    return f'was killed by signal {signal}{why}'
+  return f'exited {returncode}'
+
+
+def _rate(value: str, who: str, measured: Measured) -> float:
+  try:
+    rate = float(value)
+  except ValueError:
+    rate = math.nan
+  if not (math.isfinite(rate) and rate > 0):
+    raise BenchmarkError(f'{who} reported {value!r} meta-steps/s, not a positive number; its '
+                         f'output ended:\n{_tail(measured.output)}')
+  return rate
 
 
 def ours_rate(measured: Measured, cmd: Sequence[str]) -> float:
@@ -109,20 +143,23 @@ def ours_rate(measured: Measured, cmd: Sequence[str]) -> float:
       except ValueError:
         continue
       if isinstance(record, dict) and 'meta_steps_per_s' in record:
-        return float(record['meta_steps_per_s'])
-  raise BenchmarkError(f'our benchmark ({shlex.join(cmd)}) exited {measured.returncode} '
+        return _rate(str(record['meta_steps_per_s']), 'our benchmark', measured)
+  raise BenchmarkError(f'our benchmark ({shlex.join(cmd)}) {_ended(measured.returncode)} '
                        f'without its JSON line; its output ended:\n{_tail(measured.output)}')
 
 
 def peer_rate(measured: Measured, cmd: Sequence[str], pattern: str) -> float:
-  """The peer's meta-steps/s: group 1 of the last match of `pattern` in its output."""
-  matches = re.findall(pattern, measured.output) if measured.returncode == 0 else []
+  """The peer's meta-steps/s: group 1 of the last match of `pattern` in its output
+  (^ and $ match at each line)."""
+  if measured.returncode != 0:
+    raise BenchmarkError(f'the peer ({shlex.join(cmd)}) {_ended(measured.returncode)}; its '
+                         f'output ended:\n{_tail(measured.output)}')
+  matches = list(re.finditer(pattern, measured.output, re.MULTILINE))
   if not matches:
-    raise BenchmarkError(f'the peer ({shlex.join(cmd)}) exited {measured.returncode} and '
-                         f'printed nothing matching --peer_pattern "{pattern}"; its output '
-                         f'ended:\n{_tail(measured.output)}')
-  last = matches[-1]
-  return float(last[0] if isinstance(last, tuple) else last)
+    raise BenchmarkError(f'the peer ({shlex.join(cmd)}) printed nothing matching '
+                         f'--peer_pattern "{pattern}"; its output ended:\n'
+                         f'{_tail(measured.output)}')
+  return _rate(matches[-1].group(1) or '', 'the peer', measured)
 
 
 def side_by_side(ours_cmd: Sequence[str], peer_cmd: Sequence[str], pairs: int,
@@ -140,9 +177,12 @@ def side_by_side(ours_cmd: Sequence[str], peer_cmd: Sequence[str], pairs: int,
     raise ConfigError(f'--pairs={pairs}: an interval needs at least 2 pairs (6 resolved about '
                       '5% on this repository\'s CPU).')
   try:
-    re.compile(pattern)
+    groups = re.compile(pattern).groups
   except re.error as e:
     raise ConfigError(f'--peer_pattern "{pattern}" is not a regular expression: {e}.') from e
+  if groups < 1:
+    raise ConfigError(f'--peer_pattern "{pattern}" has no group: put parentheses around the '
+                      'figure, e.g. "steps_per_s=([0-9.eE+-]+)".')
   sides = {'ours': (ours_cmd, lambda m: ours_rate(m, ours_cmd)),
            'peer': (peer_cmd, lambda m: peer_rate(m, peer_cmd, pattern))}
   rates = {'ours': [], 'peer': []}
