@@ -57,7 +57,8 @@ def ours_command(config: str, image_size: int, overrides: Sequence[str], steps: 
 def peer_command(template: str, image_size: int, steps: int, warmup: int) -> list[str]:
   """The peer's command line: `template` with {image_size}, {steps} and {warmup} filled in."""
   try:
-    fields = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    fields = {re.split(r'[.\[]', name)[0]
+              for _, name, _, _ in string.Formatter().parse(template) if name is not None}
     filled = template.format(image_size=image_size, steps=steps, warmup=warmup)
   except (KeyError, IndexError, ValueError, AttributeError, TypeError) as e:
     raise ConfigError(f'--peer {template!r} cannot be filled in ({type(e).__name__}: {e}): '
